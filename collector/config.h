@@ -1,0 +1,84 @@
+// Config: the YAML file both binaries read (see deploy/boxmeter.example.yaml
+// for every key). LoadConfig reads it, applies the environment's overrides and
+// defaults, and validates everything at once so an operator sees every
+// problem in one run.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "log.h"
+
+namespace boxmeter {
+
+inline constexpr const char* kDefaultConfigPath =
+    "/etc/boxmeter/boxmeter.yaml";
+
+struct Config {
+  std::string path;  // the file this came from
+
+  std::string node;  // default: the host name
+
+  struct Source {
+    std::string address;  // host:port of experimental.v2ray_api.listen
+    std::chrono::milliseconds timeout{5000};
+    // gRPC's receive limit; the default fits well over a million counters.
+    int64_t max_message_size = 256 * 1024 * 1024;
+  } source;
+
+  struct Database {
+    std::string url;  // libpq URL or key=value string
+  } database;
+
+  struct Poll {
+    std::chrono::milliseconds interval{10000};
+  } poll;
+
+  struct Log {
+    LogLevel level = LogLevel::kInfo;
+  } log;
+
+  struct Generator {
+    std::string template_path = "/etc/boxmeter/sing-box.base.json";
+    std::string output = "/etc/sing-box/config.json";
+    std::vector<std::string> stats_outbounds{"direct"};
+  } generator;
+
+  struct Hooks {
+    std::string on_users_changed;  // run with /bin/sh -c; empty: none
+    std::chrono::milliseconds timeout{60000};
+  } hooks;
+
+  struct History {
+    std::chrono::hours retention{400 * 24};
+  } history;
+};
+
+// The process environment, as a map so tests can pass their own.
+using Environment = std::map<std::string, std::string>;
+Environment ProcessEnvironment();
+
+// "500ms", "10s", "5m", "2h", "400d": a positive whole number and a unit.
+std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text);
+
+// The config file to read: `flag` (from --config) if given, else
+// $BOXMETER_CONFIG, else kDefaultConfigPath.
+std::string ConfigPath(const std::optional<std::string>& flag,
+                       const Environment& env);
+
+// Reads and validates the file at `path`. On success fills `out` and returns
+// true. Otherwise returns false and appends one message per problem, each
+// naming the file, the key (with its line where known), the bad value and
+// what is expected. $BOXMETER_DATABASE_URL overrides database.url.
+bool LoadConfig(const std::string& path, const Environment& env, Config* out,
+                std::vector<std::string>* errors);
+
+// `url` with any password replaced by "***", for logs and errors.
+std::string RedactUrl(std::string_view url);
+
+}  // namespace boxmeter

@@ -1,0 +1,124 @@
+// DeltaEngine: turns snapshots of cumulative counters into the traffic that
+// is not yet in the database, and tracks what a commit has to do so that
+// every byte is added exactly once.
+//
+// For each counter it keeps the last observed values and the instance they
+// came from, plus the pending traffic not yet committed. A new observation
+// adds `value - last` to pending, or `value` when the counter belongs to a new
+// sing-box instance (a different start time, or a value lower than the last
+// one). A commit adds pending to the database totals and sets the database's
+// baseline to the last observed values, in one transaction guarded by the
+// node's commit sequence number: the commit applies only when the database's
+// sequence is the one this engine last saw, so a replayed or duplicated commit
+// can never count twice. When a commit fails, pending stays and keeps growing,
+// across further polls and across sing-box restarts. When its outcome is
+// unknown, the database's sequence number tells whether it applied.
+//
+// Observations made before the database state is loaded are kept as anchors
+// and reconciled with the stored baselines on Load, so a collector that
+// starts while PostgreSQL is down still counts from the right place.
+//
+// Pure: no clock, no I/O. Not thread-safe; the poll loop owns it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "counter_name.h"
+#include "snapshot.h"
+
+namespace boxmeter {
+
+// What the database holds for one counter: the last cumulative values added
+// to its totals and the start time of the instance they came from.
+struct Baseline {
+  CounterKey key;
+  CounterValues values;
+  int64_t instance_start_ms = 0;
+};
+
+struct CommitRow {
+  CounterKey key;
+  CounterValues delta;     // add to the totals
+  CounterValues baseline;  // the new baseline
+  int64_t instance_start_ms = 0;
+};
+
+// One transaction's worth of work. Applies only if the node's commit sequence
+// in the database is still `expected_seq`; it then becomes expected_seq + 1.
+struct CommitBatch {
+  int64_t expected_seq = 0;
+  int64_t observed_at_ms = 0;  // when the newest included traffic was seen
+  std::vector<CommitRow> rows;
+};
+
+struct ObserveResult {
+  size_t changed = 0;    // counters whose value moved
+  size_t restarted = 0;  // counters seen from a new instance
+};
+
+class DeltaEngine {
+ public:
+  // Starts from the database: its commit sequence and every stored baseline
+  // of this node. Observations made before (anchors) are reconciled now.
+  // Precondition: no batch in flight.
+  void Load(int64_t commit_seq, const std::vector<Baseline>& baselines);
+  bool loaded() const { return loaded_; }
+
+  ObserveResult Observe(const Snapshot& snapshot);
+
+  // True when Prepare would return rows.
+  bool HasPending() const { return counters_with_pending_ > 0; }
+
+  // The batch for the next commit: every counter with pending traffic.
+  // Preconditions: loaded(), no batch in flight. The batch stays in flight
+  // until one of Committed, NotCommitted or Resolve is called.
+  CommitBatch Prepare();
+  bool in_flight() const { return in_flight_seq_.has_value(); }
+
+  // The in-flight batch applied: its traffic leaves pending.
+  void Committed();
+  // The in-flight batch certainly did not apply: pending keeps it.
+  void NotCommitted();
+  // The outcome was unknown; the database now says its sequence is
+  // `database_seq`. Returns false when that matches neither outcome (another
+  // writer committed for this node): the caller must Load again.
+  bool Resolve(int64_t database_seq);
+
+  int64_t commit_seq() const { return commit_seq_; }
+  size_t size() const { return counters_.size(); }
+  // Sum of pending uplink + downlink bytes, for status lines.
+  int64_t pending_bytes() const;
+
+ private:
+  struct Entry {
+    CounterValues last;
+    int64_t instance_start_ms = 0;
+    CounterValues pending;
+    CounterValues in_flight;
+  };
+
+  // Adds the traffic from `from` (in `from_instance`) to `to` (in
+  // `to_instance`) to `entry.pending`.
+  void Accumulate(Entry& entry, const CounterValues& from,
+                  int64_t from_instance, const CounterValues& to,
+                  int64_t to_instance);
+  void AddPending(Entry& entry, const CounterValues& delta);
+
+  std::unordered_map<CounterKey, Entry, CounterKeyHash> counters_;
+  // The first observation of each counter made before Load.
+  std::unordered_map<CounterKey, Baseline, CounterKeyHash> anchors_;
+  bool loaded_ = false;
+  int64_t commit_seq_ = 0;
+  int64_t last_observed_at_ms_ = 0;
+  size_t counters_with_pending_ = 0;
+  // The batch in flight: the sequence it expects and the entries it covers.
+  // Entry addresses are stable: an unordered_map never moves its elements.
+  std::optional<int64_t> in_flight_seq_;
+  std::vector<Entry*> in_flight_entries_;
+};
+
+}  // namespace boxmeter

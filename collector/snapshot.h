@@ -1,0 +1,51 @@
+// Snapshot: the traffic counters of one sing-box instance at one moment.
+//
+// MakeSnapshot parses counter names, merges the uplink and downlink counters
+// of a tag or user into one entry, drops duplicates (sing-box returns a
+// counter once per pattern it matches) and works out which sing-box instance
+// answered: its start time, poll time minus uptime.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+
+#include "counter_name.h"
+#include "stats_reply.h"
+#include "status.h"
+
+namespace boxmeter {
+
+struct CounterValues {
+  int64_t uplink = 0;
+  int64_t downlink = 0;
+
+  bool operator==(const CounterValues& other) const = default;
+};
+
+// Start times of one instance computed from two uptime answers differ by the
+// uptime's one-second truncation plus the call's latency.
+inline constexpr int64_t kInstanceToleranceMs = 2000;
+
+inline bool SameInstance(int64_t start_a_ms, int64_t start_b_ms) {
+  int64_t diff = start_a_ms - start_b_ms;
+  return diff <= kInstanceToleranceMs && diff >= -kInstanceToleranceMs;
+}
+
+struct Snapshot {
+  int64_t taken_at_ms = 0;       // when QueryStats answered
+  int64_t instance_start_ms = 0; // when the answering instance started
+  std::unordered_map<CounterKey, CounterValues, CounterKeyHash> counters;
+
+  // What was skipped, so the caller can say so.
+  size_t duplicates = 0;  // the same name more than once
+  size_t malformed = 0;   // not a traffic counter of a known kind
+  size_t negative = 0;    // a value below zero
+  std::string first_malformed;  // an example, for the log
+};
+
+// Fails (kUnavailable) when the uptimes before and after the query belong to
+// different instances: sing-box restarted during the fetch; poll again.
+Status MakeSnapshot(const StatsReply& reply, Snapshot* out);
+
+}  // namespace boxmeter

@@ -1,0 +1,55 @@
+// Store: the collector's view of PostgreSQL. The real one is PgStore; tests
+// use hand-written fakes. All calls block and are made from one thread (the
+// collector's database worker), never from the poll loop.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "delta_engine.h"
+#include "status.h"
+
+namespace boxmeter {
+
+struct NodeState {
+  int64_t commit_seq = 0;
+  std::vector<Baseline> baselines;
+};
+
+enum class CommitOutcome {
+  kApplied,     // committed: totals, baselines and sequence moved together
+  kNotApplied,  // certainly not committed (rolled back or never sent)
+  kUnknown,     // the connection failed during COMMIT: ask ReadCommitSeq
+};
+
+struct CommitResult {
+  CommitOutcome outcome = CommitOutcome::kNotApplied;
+  Status status;  // why, when not applied
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Connects (or reconnects) if needed. Cheap when already connected.
+  virtual Status Connect() = 0;
+
+  // Applies pending schema migrations under an advisory lock, so several
+  // collectors may start at once. Each migration runs once.
+  virtual Status Migrate() = 0;
+
+  // Registers the node if new and reads its commit sequence and baselines.
+  virtual Status LoadNode(NodeState* out) = 0;
+
+  // Applies `batch` in one transaction if the node's commit sequence is still
+  // batch.expected_seq: adds the deltas to the totals and the hourly history,
+  // sets the baselines, and increments the sequence. A batch whose sequence
+  // no longer matches changes nothing and is kNotApplied.
+  virtual CommitResult Commit(const CommitBatch& batch) = 0;
+
+  // The node's commit sequence as the database has it now.
+  virtual Status ReadCommitSeq(int64_t* seq) = 0;
+};
+
+}  // namespace boxmeter
