@@ -24,8 +24,7 @@ int64_t SaturatingAdd(int64_t a, int64_t b) {
 CounterValues TrafficBetween(const CounterValues& from, int64_t from_instance,
                              const CounterValues& to, int64_t to_instance) {
   bool same_instance = SameInstance(from_instance, to_instance) &&
-                       to.uplink >= from.uplink &&
-                       to.downlink >= from.downlink;
+                       to.uplink >= from.uplink && to.downlink >= from.downlink;
   if (!same_instance) return to;
   return {to.uplink - from.uplink, to.downlink - from.downlink};
 }
@@ -98,8 +97,7 @@ ObserveResult DeltaEngine::Observe(const Snapshot& snapshot) {
       }
       if (!IsZero(values)) ++result.changed;
     } else {
-      if (!SameInstance(entry.instance_start_ms,
-                        snapshot.instance_start_ms) ||
+      if (!SameInstance(entry.instance_start_ms, snapshot.instance_start_ms) ||
           values.uplink < entry.last.uplink ||
           values.downlink < entry.last.downlink) {
         ++result.restarted;

@@ -1,15 +1,16 @@
 #include "snapshot.h"
 
-#include <algorithm>
-
 #include <fmt/core.h>
+
+#include <algorithm>
 
 namespace boxmeter {
 
 Status MakeSnapshot(const StatsReply& reply, Snapshot* out) {
   int64_t start_before =
       reply.before.at_ms - int64_t{reply.before.uptime_s} * 1000;
-  int64_t start_after = reply.after.at_ms - int64_t{reply.after.uptime_s} * 1000;
+  int64_t start_after =
+      reply.after.at_ms - int64_t{reply.after.uptime_s} * 1000;
   if (!SameInstance(start_before, start_after)) {
     return Status::Unavailable(fmt::format(
         "the stats service restarted during the fetch (uptime {}s before the "
@@ -37,8 +38,8 @@ Status MakeSnapshot(const StatsReply& reply, Snapshot* out) {
     uint8_t bit = name->direction == Direction::kUplink ? 1 : 2;
     uint8_t& seen = seen_directions[name->key];
     CounterValues& values = snapshot.counters[name->key];
-    int64_t& slot = name->direction == Direction::kUplink ? values.uplink
-                                                          : values.downlink;
+    int64_t& slot =
+        name->direction == Direction::kUplink ? values.uplink : values.downlink;
     if (seen & bit) {
       ++snapshot.duplicates;
       // Counters only grow: of two reads, the larger is the later.

@@ -33,14 +33,14 @@ inline bool SameInstance(int64_t start_a_ms, int64_t start_b_ms) {
 }
 
 struct Snapshot {
-  int64_t taken_at_ms = 0;       // when QueryStats answered
-  int64_t instance_start_ms = 0; // when the answering instance started
+  int64_t taken_at_ms = 0;        // when QueryStats answered
+  int64_t instance_start_ms = 0;  // when the answering instance started
   std::unordered_map<CounterKey, CounterValues, CounterKeyHash> counters;
 
   // What was skipped, so the caller can say so.
-  size_t duplicates = 0;  // the same name more than once
-  size_t malformed = 0;   // not a traffic counter of a known kind
-  size_t negative = 0;    // a value below zero
+  size_t duplicates = 0;        // the same name more than once
+  size_t malformed = 0;         // not a traffic counter of a known kind
+  size_t negative = 0;          // a value below zero
   std::string first_malformed;  // an example, for the log
 };
 

@@ -25,7 +25,8 @@ TEST(CounterNameTest, ParsesEachKindAndDirection) {
 }
 
 TEST(CounterNameTest, NameMayContainSeparator) {
-  auto parsed = ParseCounterName("user>>>a>>>b>>>traffic>>>c>>>traffic>>>downlink");
+  auto parsed =
+      ParseCounterName("user>>>a>>>b>>>traffic>>>c>>>traffic>>>downlink");
   ASSERT_TRUE(parsed);
   EXPECT_EQ(parsed->key.name, "a>>>b>>>traffic>>>c");
   EXPECT_EQ(parsed->direction, Direction::kDownlink);
