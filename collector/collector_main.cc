@@ -1,0 +1,163 @@
+// boxmeter-collector: polls sing-box's stats API and commits every user's,
+// inbound's and outbound's traffic to PostgreSQL exactly once.
+#include <sysexits.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <csignal>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "collector.h"
+#include "command_line.h"
+#include "config.h"
+#include "grpc_stats_source.h"
+#include "log.h"
+#include "notifier.h"
+#include "pg_store.h"
+#include "stable_clock.h"
+
+namespace boxmeter {
+namespace {
+
+const std::vector<FlagSpec> kFlags = {
+    {"config", true,
+     "the config file (default: $BOXMETER_CONFIG, else " +
+         std::string(kDefaultConfigPath) + ")",
+     "FILE"},
+    {"once", false,
+     "poll and commit once, then exit (non-zero when that failed)"},
+    {"check-config", false, "validate the config file and exit"},
+    {"migrate", false, "apply the database schema and exit"},
+    {"version", false, "print the version and exit"},
+    {"help", false, "print this help and exit"},
+};
+
+std::string Usage() {
+  return "Usage: boxmeter-collector [options]\n"
+         "\n"
+         "Polls sing-box's V2Ray stats API (experimental.v2ray_api) every\n"
+         "poll.interval and commits each user's, inbound's and outbound's\n"
+         "traffic to PostgreSQL exactly once, through sing-box restarts and\n"
+         "reloads, collector crashes and database outages. Runs until SIGTERM\n"
+         "or SIGINT (one last poll and commit, then exit 0); SIGHUP reloads\n"
+         "the config file.\n"
+         "\n"
+         "Options:\n" +
+         FormatFlags(kFlags) +
+         "\n"
+         "Environment:\n"
+         "  BOXMETER_CONFIG        the config file, unless --config is given\n"
+         "  BOXMETER_DATABASE_URL  overrides database.url\n"
+         "  PG* and ~/.pgpass      as libpq reads them\n"
+         "  NOTIFY_SOCKET          systemd readiness, status and watchdog\n"
+         "\n"
+         "Exit status:\n"
+         "  0   success (and after SIGTERM/SIGINT)\n"
+         "  64  bad command line\n"
+         "  69  --once or --migrate: the stats API or database failed\n"
+         "  78  the config file is missing or invalid\n";
+}
+
+// Loads the config, printing every problem. False: exit with EX_CONFIG.
+bool LoadConfigOrReport(const CommandLine& cli, Config* config) {
+  Environment env = ProcessEnvironment();
+  std::string path = ConfigPath(cli.Value("config"), env);
+  std::vector<std::string> errors;
+  if (LoadConfig(path, env, config, &errors)) return true;
+  for (const std::string& error : errors) {
+    std::fprintf(stderr, "boxmeter-collector: %s\n", error.c_str());
+  }
+  std::fprintf(stderr,
+               "boxmeter-collector: %zu problem(s) in %s; fix them and run "
+               "again (--check-config checks without starting)\n",
+               errors.size(), path.c_str());
+  return false;
+}
+
+int Migrate(Store& store) {
+  Status status = store.Connect();
+  if (status.ok()) status = store.Migrate();
+  if (!status.ok()) {
+    LogError("{}", status.message());
+    return EX_UNAVAILABLE;
+  }
+  LogInfo("the database schema is up to date");
+  return 0;
+}
+
+// SIGTERM/SIGINT stop the collector; SIGHUP reloads the config file.
+void HandleSignals(boost::asio::signal_set& signals, Collector& collector,
+                   const std::string& config_path) {
+  signals.async_wait([&signals, &collector, config_path](
+                         boost::system::error_code ec, int signal) {
+    if (ec) return;
+    if (signal == SIGHUP) {
+      Config config;
+      std::vector<std::string> errors;
+      if (LoadConfig(config_path, ProcessEnvironment(), &config, &errors)) {
+        collector.Reload(config);
+      } else {
+        for (const std::string& error : errors) LogError("{}", error);
+        LogError("kept the running config: {} problem(s) in {}", errors.size(),
+                 config_path);
+      }
+    } else {
+      collector.Stop();
+    }
+    HandleSignals(signals, collector, config_path);
+  });
+}
+
+int Main(int argc, char** argv) {
+  CommandLine cli;
+  std::string error;
+  if (!cli.Parse(kFlags, argc, argv, &error)) {
+    std::fprintf(stderr, "boxmeter-collector: %s\n", error.c_str());
+    return EX_USAGE;
+  }
+  if (cli.Has("help")) {
+    std::fputs(Usage().c_str(), stdout);
+    return 0;
+  }
+  if (cli.Has("version")) {
+    std::printf("boxmeter-collector %s\n", BOXMETER_VERSION);
+    return 0;
+  }
+
+  Config config;
+  if (!LoadConfigOrReport(cli, &config)) return EX_CONFIG;
+  if (cli.Has("check-config")) {
+    std::printf("%s: ok\n", config.path.c_str());
+    return 0;
+  }
+  SetLogLevel(config.log.level);
+
+  PgStore store(config.database.url, config.node);
+  if (cli.Has("migrate")) return Migrate(store);
+
+  StableClock clock;
+  GrpcStatsSource source(config.source.address, config.source.max_message_size,
+                         [&clock] { return clock.NowMs(); });
+  SystemdNotifier notifier;
+  boost::asio::io_context io;
+  Collector collector(io, config, source, store, notifier);
+
+  if (cli.Has("once")) {
+    collector.StartOnce();
+    io.run();
+    return collector.succeeded() ? 0 : EX_UNAVAILABLE;
+  }
+
+  boost::asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
+  HandleSignals(signals, collector, config.path);
+  collector.Start();
+  io.run();
+  return 0;
+}
+
+}  // namespace
+}  // namespace boxmeter
+
+int main(int argc, char** argv) { return boxmeter::Main(argc, argv); }
