@@ -16,8 +16,7 @@
 
 namespace boxmeter {
 
-inline constexpr const char* kDefaultConfigPath =
-    "/etc/boxmeter/boxmeter.yaml";
+inline constexpr const char* kDefaultConfigPath = "/etc/boxmeter/boxmeter.yaml";
 
 struct Config {
   std::string path;  // the file this came from

@@ -48,10 +48,10 @@ void LogLine(LogLevel level, std::string_view message) {
                 1000;
   std::tm utc{};
   gmtime_r(&seconds, &utc);
-  std::string line = fmt::format(
-      "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {:<5} {}\n",
-      utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour,
-      utc.tm_min, utc.tm_sec, millis, LogLevelName(level), message);
+  std::string line =
+      fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {:<5} {}\n",
+                  utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour,
+                  utc.tm_min, utc.tm_sec, millis, LogLevelName(level), message);
   // One write per line keeps lines whole when threads log at once.
   ssize_t ignored = write(STDERR_FILENO, line.data(), line.size());
   (void)ignored;

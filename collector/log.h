@@ -28,10 +28,10 @@ void Log(LogLevel level, fmt::format_string<Args...> format, Args&&... args) {
   }
 }
 
-#define BOXMETER_LOG_FN(fn, level)                                    \
-  template <typename... Args>                                        \
-  void fn(fmt::format_string<Args...> format, Args&&... args) {      \
-    Log(LogLevel::level, format, std::forward<Args>(args)...);       \
+#define BOXMETER_LOG_FN(fn, level)                              \
+  template <typename... Args>                                   \
+  void fn(fmt::format_string<Args...> format, Args&&... args) { \
+    Log(LogLevel::level, format, std::forward<Args>(args)...);  \
   }
 BOXMETER_LOG_FN(LogDebug, kDebug)
 BOXMETER_LOG_FN(LogInfo, kInfo)

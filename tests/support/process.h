@@ -19,12 +19,12 @@ namespace boxmeter::testing {
 class Process {
  public:
   struct Options {
-    std::vector<std::string> argv;              // argv[0] is looked up in PATH
-    std::map<std::string, std::string> env;     // added to (or replacing in)
-                                                // the current environment
-    std::string stdout_path;                    // empty: inherit
-    std::string stderr_path;                    // empty: inherit
-    std::string run_as;                         // user name; empty: as is
+    std::vector<std::string> argv;           // argv[0] is looked up in PATH
+    std::map<std::string, std::string> env;  // added to (or replacing in)
+                                             // the current environment
+    std::string stdout_path;                 // empty: inherit
+    std::string stderr_path;                 // empty: inherit
+    std::string run_as;                      // user name; empty: as is
   };
 
   // Starts the child; throws std::runtime_error naming argv[0] on failure.
