@@ -1,0 +1,965 @@
+// Reading the config file. The file is checked in layers, each of which can
+// stop the load: it must be readable, a small UTF-8 text file, one YAML
+// document, and a mapping at the top. Below that every key is checked on its
+// own and every problem is collected, so an operator fixes the whole file in
+// one round instead of one typo per restart.
+//
+// Every message has the shape `FILE:LINE: KEY: problem; what to write`. The
+// line is the line of the key (yaml-cpp's marks are 0-based). Values are
+// quoted through Quote(), which redacts passwords, so a database URL written
+// under the wrong key never leaks into a log either.
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fmt/core.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <climits>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <utility>
+
+extern char** environ;
+
+namespace boxmeter {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr std::string_view kDatabaseUrlVariable = "BOXMETER_DATABASE_URL";
+constexpr std::string_view kConfigVariable = "BOXMETER_CONFIG";
+
+// A config file is a few dozen lines. Anything larger is almost certainly the
+// wrong file, and the cap keeps /dev/zero or a log file from being slurped.
+constexpr size_t kMaxFileSize = 1 << 20;
+
+// The longest duration accepted: 100 years. It still fits in nanoseconds when
+// added to the current time, so no caller has to think about overflow.
+constexpr int64_t kMaxDurationMs = int64_t{36500} * 24 * 3600 * 1000;
+
+constexpr milliseconds kMinPollInterval{100};
+
+// gRPC takes its message size limit as an int.
+constexpr int64_t kMaxMessageSize = std::numeric_limits<int>::max();
+
+constexpr std::string_view kDurationHint =
+    "write a whole number with a unit (ms, s, m, h or d), like 500ms, 10s or "
+    "5m";
+
+enum class DurationProblem { kNone, kSyntax, kZero, kTooLong };
+
+DurationProblem ParseDurationChecked(std::string_view text, milliseconds* out) {
+  int64_t unit_ms = 0;
+  std::string_view digits;
+  auto ends_with = [&](std::string_view suffix) {
+    return text.size() > suffix.size() &&
+           text.substr(text.size() - suffix.size()) == suffix;
+  };
+  if (ends_with("ms")) {
+    unit_ms = 1;
+    digits = text.substr(0, text.size() - 2);
+  } else if (ends_with("s")) {
+    unit_ms = 1000;
+  } else if (ends_with("m")) {
+    unit_ms = 60 * 1000;
+  } else if (ends_with("h")) {
+    unit_ms = 3600 * 1000;
+  } else if (ends_with("d")) {
+    unit_ms = 24 * 3600 * 1000;
+  } else {
+    return DurationProblem::kSyntax;
+  }
+  if (unit_ms != 1) digits = text.substr(0, text.size() - 1);
+  if (digits.empty()) return DurationProblem::kSyntax;
+  int64_t count = 0;
+  bool too_long = false;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return DurationProblem::kSyntax;
+    // Keep scanning after an overflow: "99999999999999999999x" is a syntax
+    // error, not a duration that is too long.
+    if (!too_long) {
+      count = count * 10 + (c - '0');
+      if (count > kMaxDurationMs / unit_ms) too_long = true;
+    }
+  }
+  if (too_long) return DurationProblem::kTooLong;
+  if (count == 0) return DurationProblem::kZero;
+  *out = milliseconds(count * unit_ms);
+  return DurationProblem::kNone;
+}
+
+// "268435456", "64KiB", "256MiB", "1GiB".
+std::optional<int64_t> ParseByteSize(std::string_view text) {
+  int64_t unit = 1;
+  for (auto [suffix, size] : {std::pair<std::string_view, int64_t>{"KiB", 1024},
+                              {"MiB", 1024 * 1024},
+                              {"GiB", 1024 * 1024 * 1024}}) {
+    if (text.size() > suffix.size() &&
+        text.substr(text.size() - suffix.size()) == suffix) {
+      unit = size;
+      text.remove_suffix(suffix.size());
+      break;
+    }
+  }
+  if (text.empty()) return std::nullopt;
+  int64_t count = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    // Past the limit the exact value does not matter (the caller rejects
+    // it); saturate rather than overflow int64.
+    count = std::min(count * 10 + (c - '0'), kMaxMessageSize + 1);
+  }
+  return count > kMaxMessageSize / unit ? kMaxMessageSize + 1 : count * unit;
+}
+
+// The shortest spelling: 100ms, 1h.
+std::string FormatDuration(milliseconds value) {
+  for (auto [unit, ms] : {std::pair<const char*, int64_t>{"d", 86400000},
+                          {"h", 3600000},
+                          {"m", 60000},
+                          {"s", 1000}}) {
+    if (value.count() % ms == 0) {
+      return fmt::format("{}{}", value.count() / ms, unit);
+    }
+  }
+  return fmt::format("{}ms", value.count());
+}
+
+bool HasControlCharacter(std::string_view text) {
+  return std::any_of(text.begin(), text.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f;
+  });
+}
+
+// A value for a message: passwords redacted, control characters escaped,
+// long values shortened, in double quotes.
+std::string Quote(std::string_view value) {
+  constexpr size_t kMaxShown = 100;
+  std::string redacted = RedactUrl(value);
+  std::string out = "\"";
+  size_t shown = 0;
+  for (char c : redacted) {
+    auto u = static_cast<unsigned char>(c);
+    // Cut at a character boundary (not before a UTF-8 continuation byte).
+    if (shown >= kMaxShown && (u & 0xC0) != 0x80) {
+      out += "...";
+      break;
+    }
+    ++shown;
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (u < 0x20 || u == 0x7f) {
+      out += fmt::format("\\x{:02x}", u);
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+  return out;
+}
+
+// A key as written when it is a plain name, else quoted and escaped.
+std::string PlainOrQuoted(std::string_view key) {
+  bool plain = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+           c == '-' || c == '.';
+  });
+  return plain ? std::string(key) : Quote(key);
+}
+
+// Levenshtein distance, for "did you mean" on unknown keys.
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1,
+                         diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string Join(const std::vector<std::string_view>& items) {
+  std::string out;
+  for (std::string_view item : items) {
+    if (!out.empty()) out += ", ";
+    out += item;
+  }
+  return out;
+}
+
+// Where the file stops being plain UTF-8 text, as a message; "" if it is.
+// yaml-cpp silently accepts invalid UTF-8 and stray control bytes, and a
+// binary file then fails with a confusing syntax error or, worse, parses.
+std::string TextProblem(std::string_view data) {
+  // A zero byte anywhere marks a binary file (or UTF-16), whatever comes
+  // before it.
+  if (size_t zero = data.find('\0'); zero != std::string_view::npos) {
+    return fmt::format(
+        "is a binary file (a zero byte at offset {}), not YAML text; check "
+        "the path",
+        zero);
+  }
+  size_t line = 1;
+  size_t i = 0;
+  while (i < data.size()) {
+    auto c = static_cast<unsigned char>(data[i]);
+    if (c == '\n') ++line;
+    if (c < 0x80) {
+      if (c < 0x20 && c != '\n' && c != '\r' && c != '\t') {
+        return fmt::format(
+            "line {}: control character 0x{:02x}; a config file is plain "
+            "text (is this the right file?)",
+            line, c);
+      }
+      ++i;
+      continue;
+    }
+    size_t length = 0;
+    uint32_t code = 0;
+    if ((c & 0xE0) == 0xC0) {
+      length = 2;
+      code = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      length = 3;
+      code = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      length = 4;
+      code = c & 0x07;
+    }
+    bool valid = length != 0 && i + length <= data.size();
+    for (size_t k = 1; valid && k < length; ++k) {
+      auto next = static_cast<unsigned char>(data[i + k]);
+      valid = (next & 0xC0) == 0x80;
+      code = (code << 6) | (next & 0x3F);
+    }
+    static constexpr uint32_t kMinCode[] = {0, 0, 0x80, 0x800, 0x10000};
+    valid = valid && code >= kMinCode[length] && code <= 0x10FFFF &&
+            !(code >= 0xD800 && code <= 0xDFFF);
+    if (!valid) {
+      return fmt::format(
+          "line {}: byte 0x{:02x} is not valid UTF-8; save the file as "
+          "UTF-8 text (is this the right file?)",
+          line, c);
+    }
+    i += length;
+  }
+  return "";
+}
+
+// Reads at most kMaxFileSize + 1 bytes, so an oversized file is detected
+// without reading all of it.
+bool ReadConfigFile(const std::string& path, std::string* data,
+                    std::string* problem) {
+  auto cannot_read = [&](int error) {
+    *problem = fmt::format(
+        "cannot read the config file: {}; pass --config FILE or set {} to "
+        "the config's path",
+        std::strerror(error), kConfigVariable);
+    return false;
+  };
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return cannot_read(errno);
+  char buffer[16384];
+  while (data->size() <= kMaxFileSize) {
+    ssize_t n = read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int error = errno;
+      close(fd);
+      return cannot_read(error);
+    }
+    if (n == 0) break;
+    data->append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  if (data->size() > kMaxFileSize) {
+    *problem = fmt::format(
+        "is larger than {} KiB; a config file is a few dozen lines (is this "
+        "the right file?)",
+        kMaxFileSize / 1024);
+    return false;
+  }
+  return true;
+}
+
+std::string NodeKind(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Scalar:
+      return "the string " + Quote(node.Scalar());
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      return "empty";
+  }
+  return "unknown";
+}
+
+// One key of a mapping: the key node (for its line) and its value.
+struct Entry {
+  YAML::Node key;
+  YAML::Node value;
+};
+
+// The keys of one section; absent keys are simply not in the map.
+using Entries = std::map<std::string, Entry, std::less<>>;
+
+class ConfigReader {
+ public:
+  ConfigReader(const std::string& path, const Environment& env,
+               std::vector<std::string>* errors)
+      : path_(path), env_(env), errors_(errors) {}
+
+  bool Read(Config* out) {
+    size_t errors_before = errors_->size();
+    Config config;
+    config.path = path_;
+    ReadFile(&config);
+    if (errors_->size() != errors_before) return false;
+    *out = std::move(config);
+    return true;
+  }
+
+ private:
+  void ReadFile(Config* config) {
+    std::string data;
+    std::string problem;
+    if (!ReadConfigFile(path_, &data, &problem)) {
+      FileError(problem);
+      return;
+    }
+    problem = TextProblem(data);
+    if (!problem.empty()) {
+      FileError(problem);
+      return;
+    }
+    std::vector<YAML::Node> documents;
+    try {
+      documents = YAML::LoadAll(data);
+    } catch (const YAML::Exception& e) {
+      std::string what = e.msg;
+      // yaml-cpp's words for input that ends inside a construct.
+      if (what == "bad file") {
+        what =
+            "the file ends inside an unclosed [, {, or quote, or nests too "
+            "deep";
+      }
+      Error(e.mark, fmt::format("YAML syntax error at column {}: {}; fix "
+                                "the YAML syntax",
+                                e.mark.column + 1, what));
+      return;
+    }
+    if (documents.empty() || documents[0].IsNull()) {
+      FileError(
+          "is empty; it needs at least source.address and database.url (see "
+          "deploy/boxmeter.example.yaml)");
+      return;
+    }
+    if (documents.size() > 1) {
+      Error(documents[1].Mark(),
+            fmt::format("holds {} YAML documents (separated by ---); write "
+                        "one",
+                        documents.size()));
+      return;
+    }
+    const YAML::Node& root = documents[0];
+    if (!root.IsMap()) {
+      Error(root.Mark(),
+            fmt::format("the top level is {}; expected a mapping of keys "
+                        "such as source: and database:",
+                        NodeKind(root)));
+      return;
+    }
+    ReadRoot(root, config);
+  }
+
+  void ReadRoot(const YAML::Node& root, Config* config) {
+    Entries top = Keys(root, "",
+                       {"node", "source", "database", "poll", "log",
+                        "generator", "hooks", "history"});
+
+    ReadNode(top, config);
+
+    Entries source =
+        Section(top, "source", {"address", "timeout", "max_message_size"});
+    if (auto* e = Find(source, "address")) {
+      ReadAddress(*e, &config->source.address);
+    } else {
+      Missing(top, "source", "source.address",
+              "set it to sing-box's experimental.v2ray_api.listen address, "
+              "like 127.0.0.1:8080");
+    }
+    ReadDuration(source, "source.timeout", milliseconds(1),
+                 &config->source.timeout);
+    ReadByteSize(source, "source.max_message_size",
+                 &config->source.max_message_size);
+
+    Entries database = Section(top, "database", {"url"});
+    ReadDatabaseUrl(top, database, &config->database.url);
+
+    Entries poll = Section(top, "poll", {"interval"});
+    ReadDuration(poll, "poll.interval", kMinPollInterval,
+                 &config->poll.interval);
+
+    Entries log = Section(top, "log", {"level"});
+    if (auto* e = Find(log, "level")) {
+      if (auto text = String(*e, "log.level", "debug, info, warn or error")) {
+        if (auto level = ParseLogLevel(*text)) {
+          config->log.level = *level;
+        } else {
+          Error(e->key, fmt::format("log.level: {} is not a log level; write "
+                                    "debug, info, warn or error",
+                                    Quote(*text)));
+        }
+      }
+    }
+
+    Entries generator =
+        Section(top, "generator", {"template", "output", "stats_outbounds"});
+    ReadPath(generator, "generator.template",
+             "the path of sing-box's base config template",
+             &config->generator.template_path);
+    ReadPath(generator, "generator.output",
+             "the path to write sing-box's config to",
+             &config->generator.output);
+    ReadOutbounds(generator, &config->generator.stats_outbounds);
+
+    Entries hooks = Section(top, "hooks", {"on_users_changed", "timeout"});
+    if (auto* e = Find(hooks, "on_users_changed")) {
+      // A command may span lines (a YAML block scalar), and null means
+      // "no hook", the same as "".
+      if (!e->value.IsNull()) {
+        if (auto text = String(*e, "hooks.on_users_changed",
+                               "a shell command, or \"\" for none")) {
+          config->hooks.on_users_changed = *text;
+        }
+      }
+    }
+    ReadDuration(hooks, "hooks.timeout", milliseconds(1),
+                 &config->hooks.timeout);
+
+    Entries history = Section(top, "history", {"retention"});
+    ReadRetention(history, &config->history.retention);
+  }
+
+  // --- Sections and keys -------------------------------------------------
+
+  // The keys of `map`, reporting duplicate keys, keys that are not plain
+  // names, and unknown keys (with the known ones, and a guess at the
+  // intended one).
+  Entries Keys(const YAML::Node& map, std::string_view section,
+               std::vector<std::string_view> known) {
+    Entries entries;
+    std::string prefix = section.empty() ? "" : std::string(section) + ".";
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      YAML::Node key = it->first;  // a copy: `it->` yields a temporary
+      if (!key.IsScalar()) {
+        Error(key, fmt::format("{}: a key is {}; keys are plain names: {}",
+                               section.empty() ? "top level" : section,
+                               NodeKind(key), Join(known)));
+        continue;
+      }
+      const std::string& name = key.Scalar();
+      std::string full = prefix + name;
+      if (std::find(known.begin(), known.end(), name) == known.end()) {
+        std::string guess;
+        for (std::string_view candidate : known) {
+          if (EditDistance(name, candidate) <= 2) {
+            guess = fmt::format(" (did you mean {}{}?)", prefix, candidate);
+            break;
+          }
+        }
+        Error(key,
+              fmt::format("{}: unknown key{}; the known keys {} are: {}",
+                          PlainOrQuoted(full), guess,
+                          section.empty() ? std::string("at the top level")
+                                          : "under " + std::string(section),
+                          Join(known)));
+        continue;
+      }
+      auto [existing, inserted] = entries.emplace(name, Entry{key, it->second});
+      if (!inserted) {
+        Error(key, fmt::format("{}: set twice (first on line {}); keep one",
+                               full, Line(existing->second.key.Mark())));
+      }
+    }
+    return entries;
+  }
+
+  // A section such as `source:`. Absent or empty: no keys (defaults apply).
+  Entries Section(const Entries& top, std::string_view name,
+                  std::vector<std::string_view> known) {
+    const Entry* e = Find(top, name);
+    if (!e || e->value.IsNull()) return {};
+    if (!e->value.IsMap()) {
+      Error(e->key, fmt::format("{}: is {}; expected a mapping with the keys "
+                                "{}",
+                                name, NodeKind(e->value), Join(known)));
+      return {};
+    }
+    return Keys(e->value, name, known);
+  }
+
+  static const Entry* Find(const Entries& entries, std::string_view name) {
+    auto it = entries.find(name);
+    return it == entries.end() ? nullptr : &it->second;
+  }
+
+  // A scalar value as a string, or an error naming what was expected.
+  std::optional<std::string> String(const Entry& e, std::string_view key,
+                                    std::string_view expected) {
+    if (e.value.IsScalar()) return e.value.Scalar();
+    if (e.value.IsNull()) {
+      Error(e.key, fmt::format("{}: has no value; expected {}", key, expected));
+    } else {
+      Error(e.key, fmt::format("{}: is {}; expected {}", key, NodeKind(e.value),
+                               expected));
+    }
+    return std::nullopt;
+  }
+
+  // A string that names something (a node, a path, an outbound tag): not
+  // empty and without control characters.
+  std::optional<std::string> Name(const Entry& e, std::string_view key,
+                                  std::string_view expected) {
+    auto text = String(e, key, expected);
+    if (!text) return std::nullopt;
+    if (text->empty() || HasControlCharacter(*text)) {
+      Error(e.key, fmt::format("{}: {} is {}; expected {}", key, Quote(*text),
+                               text->empty() ? "empty" : "not a plain string",
+                               expected));
+      return std::nullopt;
+    }
+    return text;
+  }
+
+  void Missing(const Entries& top, std::string_view section,
+               std::string_view key, std::string_view what_to_do) {
+    if (const Entry* e = Find(top, section)) {
+      // A section that is not a mapping has been reported already.
+      if (!e->value.IsMap() && !e->value.IsNull()) return;
+      Error(e->key, fmt::format("{}: missing; {}", key, what_to_do));
+    } else {
+      FileError(fmt::format("{}: missing; {}", key, what_to_do));
+    }
+  }
+
+  // --- Values ------------------------------------------------------------
+
+  void ReadNode(const Entries& top, Config* config) {
+    if (const Entry* e = Find(top, "node")) {
+      if (auto name = Name(*e, "node",
+                           "this node's name, or remove the key to use "
+                           "the host name")) {
+        config->node = *name;
+      }
+      return;
+    }
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) != 0) {
+      FileError(fmt::format(
+          "node: not set, and the host name cannot be read ({}); set node",
+          std::strerror(errno)));
+      return;
+    }
+    config->node = host;
+    if (config->node.empty()) {
+      FileError("node: not set, and the host name is empty; set node");
+    }
+  }
+
+  // host:port, where host is a name, an IPv4 address or a bracketed IPv6
+  // address: the forms gRPC's default resolver takes.
+  void ReadAddress(const Entry& e, std::string* out) {
+    constexpr std::string_view kExpected =
+        "host:port, like 127.0.0.1:8080, [::1]:8080 or localhost:8080";
+    auto text = String(e, "source.address", kExpected);
+    if (!text) return;
+    auto bad = [&](std::string_view why) {
+      Error(e.key, fmt::format("source.address: {} {}; write {}", Quote(*text),
+                               why, kExpected));
+    };
+    std::string_view address = *text;
+    std::string_view host;
+    std::string_view port;
+    if (address.starts_with('[')) {
+      size_t close = address.find(']');
+      if (close == std::string_view::npos) return bad("has no closing ]");
+      host = address.substr(1, close - 1);
+      if (close + 1 >= address.size() || address[close + 1] != ':') {
+        return bad("has no :port after the IPv6 address");
+      }
+      port = address.substr(close + 2);
+      bool ipv6 = !host.empty() && host.find(':') != std::string_view::npos &&
+                  std::all_of(host.begin(), host.end(), [](char c) {
+                    return std::isxdigit(static_cast<unsigned char>(c)) ||
+                           c == ':' || c == '.';
+                  });
+      if (!ipv6) return bad("does not hold an IPv6 address between [ and ]");
+    } else {
+      if (address.find("://") != std::string_view::npos) {
+        return bad("has a URL scheme; gRPC wants only host:port");
+      }
+      size_t colon = address.rfind(':');
+      if (colon == std::string_view::npos) return bad("has no :port");
+      host = address.substr(0, colon);
+      port = address.substr(colon + 1);
+      if (host.find(':') != std::string_view::npos) {
+        return bad("looks like an IPv6 address without brackets");
+      }
+      if (host.empty()) return bad("has no host before the :port");
+      bool plain = std::all_of(host.begin(), host.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '.' ||
+               c == '-' || c == '_';
+      });
+      if (!plain) return bad("has characters that cannot be in a host name");
+    }
+    bool digits = !port.empty() && port.size() <= 5 &&
+                  std::all_of(port.begin(), port.end(),
+                              [](char c) { return c >= '0' && c <= '9'; });
+    if (!digits) return bad("does not end in a port number");
+    int number = std::stoi(std::string(port));
+    if (number < 1 || number > 65535) {
+      return bad("has a port outside 1..65535");
+    }
+    *out = *text;
+  }
+
+  // Stores the duration only if it is valid, so the default stays otherwise.
+  void ReadDuration(const Entries& section, std::string_view key,
+                    milliseconds minimum, milliseconds* out) {
+    const Entry* e = Find(section, key.substr(key.find('.') + 1));
+    if (!e) return;
+    auto text = String(*e, key, "a duration like 500ms, 10s or 5m");
+    if (!text) return;
+    milliseconds value{};
+    switch (ParseDurationChecked(*text, &value)) {
+      case DurationProblem::kNone:
+        break;
+      case DurationProblem::kSyntax:
+        Error(e->key, fmt::format("{}: {} is not a duration; {}", key,
+                                  Quote(*text), kDurationHint));
+        return;
+      case DurationProblem::kZero:
+        Error(e->key, fmt::format("{}: {} is zero; write a positive duration, "
+                                  "like 500ms, 10s or 5m",
+                                  key, Quote(*text)));
+        return;
+      case DurationProblem::kTooLong:
+        Error(e->key, fmt::format("{}: {} is too long; write at most 36500d "
+                                  "(100 years)",
+                                  key, Quote(*text)));
+        return;
+    }
+    if (value < minimum) {
+      Error(e->key, fmt::format("{}: {} is too short; write at least {}", key,
+                                Quote(*text), FormatDuration(minimum)));
+      return;
+    }
+    *out = value;
+  }
+
+  void ReadByteSize(const Entries& section, std::string_view key,
+                    int64_t* out) {
+    const Entry* e = Find(section, "max_message_size");
+    if (!e) return;
+    constexpr std::string_view kExpected =
+        "a number of bytes, optionally with KiB, MiB or GiB, like 268435456 "
+        "or 256MiB";
+    auto text = String(*e, key, kExpected);
+    if (!text) return;
+    std::optional<int64_t> size = ParseByteSize(*text);
+    if (!size || *size == 0) {
+      Error(e->key, fmt::format("{}: {} is not a positive size; write {}", key,
+                                Quote(*text), kExpected));
+    } else if (*size > kMaxMessageSize) {
+      Error(e->key, fmt::format("{}: {} is larger than gRPC allows; write at "
+                                "most {} (just under 2GiB)",
+                                key, Quote(*text), kMaxMessageSize));
+    } else {
+      *out = *size;
+    }
+  }
+
+  // $BOXMETER_DATABASE_URL wins over database.url. An empty variable counts
+  // as unset: `BOXMETER_DATABASE_URL=` in a unit or compose file should not
+  // silently replace the file's URL with nothing.
+  void ReadDatabaseUrl(const Entries& top, const Entries& database,
+                       std::string* out) {
+    constexpr std::string_view kExpected =
+        "a PostgreSQL URL like postgresql://boxmeter@localhost/boxmeter, or "
+        "key=value pairs like \"host=localhost dbname=boxmeter\"";
+    std::optional<std::string> from_file;
+    const Entry* e = Find(database, "url");
+    // The file's value is checked even when the environment overrides it:
+    // --check-config should catch a broken file before the variable goes.
+    if (e) from_file = String(*e, "database.url", kExpected);
+    auto env = env_.find(std::string(kDatabaseUrlVariable));
+    if (env != env_.end() && !env->second.empty()) {
+      if (!LooksLikeConnectionString(env->second)) {
+        errors_->push_back(
+            fmt::format("{} (environment): {} is not a PostgreSQL connection "
+                        "string; set it to {}",
+                        kDatabaseUrlVariable, Quote(env->second), kExpected));
+        return;
+      }
+      *out = env->second;
+      return;
+    }
+    if (!e) {
+      Missing(top, "database", "database.url",
+              fmt::format("set it to {}, or set {} in the environment",
+                          kExpected, kDatabaseUrlVariable));
+      return;
+    }
+    if (!from_file) return;
+    if (!LooksLikeConnectionString(*from_file)) {
+      Error(e->key, fmt::format("database.url: {} is not a PostgreSQL "
+                                "connection string; write {}",
+                                Quote(*from_file), kExpected));
+      return;
+    }
+    *out = *from_file;
+  }
+
+  // libpq takes a URL or key=value pairs; anything else (a bare host name,
+  // "localhost/boxmeter") fails at connect time with a less helpful error.
+  static bool LooksLikeConnectionString(std::string_view text) {
+    return text.starts_with("postgresql://") ||
+           text.starts_with("postgres://") ||
+           text.find('=') != std::string_view::npos;
+  }
+
+  void ReadPath(const Entries& section, std::string_view key,
+                std::string_view what, std::string* out) {
+    const Entry* e = Find(section, key.substr(key.find('.') + 1));
+    if (!e) return;
+    if (auto path = Name(*e, key, what)) *out = *path;
+  }
+
+  void ReadOutbounds(const Entries& generator, std::vector<std::string>* out) {
+    const Entry* e = Find(generator, "stats_outbounds");
+    if (!e) return;
+    constexpr std::string_view kExpected =
+        "a list of outbound tags, like [direct], or [] for none";
+    if (!e->value.IsSequence()) {
+      Error(e->key, fmt::format("generator.stats_outbounds: is {}; expected {}",
+                                NodeKind(e->value), kExpected));
+      return;
+    }
+    std::vector<std::string> tags;
+    bool ok = true;
+    for (size_t i = 0; i < e->value.size(); ++i) {
+      Entry item{e->value[i], e->value[i]};
+      auto tag = Name(item, fmt::format("generator.stats_outbounds[{}]", i),
+                      "an outbound tag");
+      if (tag) {
+        tags.push_back(*tag);
+      } else {
+        ok = false;
+      }
+    }
+    if (ok) *out = std::move(tags);
+  }
+
+  void ReadRetention(const Entries& history, std::chrono::hours* out) {
+    if (!Find(history, "retention")) return;
+    milliseconds value{-1};
+    ReadDuration(history, "history.retention", std::chrono::hours(1), &value);
+    if (value.count() < 0) return;  // already reported
+    if (value % std::chrono::hours(1) != milliseconds(0)) {
+      Error(Find(history, "retention")->key,
+            "history.retention: is not a whole number of hours; write it in "
+            "h or d, like 36h or 400d");
+      return;
+    }
+    *out = std::chrono::duration_cast<std::chrono::hours>(value);
+  }
+
+  // --- Messages ----------------------------------------------------------
+
+  static int Line(const YAML::Mark& mark) { return mark.line + 1; }
+
+  void Error(const YAML::Node& node, std::string message) {
+    Error(node.Mark(), std::move(message));
+  }
+
+  void Error(const YAML::Mark& mark, std::string message) {
+    if (mark.is_null()) return FileError(std::move(message));
+    errors_->push_back(fmt::format("{}:{}: {}", path_, Line(mark), message));
+  }
+
+  void FileError(std::string message) {
+    errors_->push_back(fmt::format("{}: {}", path_, message));
+  }
+
+  const std::string& path_;
+  const Environment& env_;
+  std::vector<std::string>* errors_;
+};
+
+// The length of a password value in key=value form starting at `begin`:
+// a quoted value runs to its closing quote (backslash escapes), a bare one to
+// the next space, or in a URL's query to the next & or #.
+size_t ValueLength(std::string_view text, size_t begin, bool in_url) {
+  if (begin >= text.size()) return 0;
+  char quote = text[begin];
+  if (!in_url && (quote == '\'' || quote == '"')) {
+    size_t i = begin + 1;
+    while (i < text.size() && text[i] != quote) i += text[i] == '\\' ? 2 : 1;
+    return std::min(i + 1, text.size()) - begin;
+  }
+  size_t i = begin;
+  while (i < text.size()) {
+    char c = text[i];
+    if (in_url ? (c == '&' || c == '#')
+               : std::isspace(static_cast<unsigned char>(c))) {
+      break;
+    }
+    ++i;
+  }
+  return i - begin;
+}
+
+// Redacts `password=…` and `sslpassword=…` (libpq's secret keywords) in
+// key=value strings and in a URL's query parameters.
+void RedactPasswordParameters(std::string* text, bool in_url) {
+  for (std::string_view keyword : {"sslpassword", "password"}) {
+    size_t pos = 0;
+    while (pos < text->size()) {
+      auto lower = [](char c) {
+        return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      };
+      auto it = std::search(text->begin() + pos, text->end(), keyword.begin(),
+                            keyword.end(),
+                            [&](char a, char b) { return lower(a) == b; });
+      if (it == text->end()) break;
+      size_t start = it - text->begin();
+      size_t i = start + keyword.size();
+      pos = i;
+      char before = start == 0 ? ' ' : (*text)[start - 1];
+      bool boundary = std::isspace(static_cast<unsigned char>(before)) ||
+                      before == '?' || before == '&';
+      if (!boundary) continue;
+      // libpq allows spaces around '=' in key=value strings.
+      while (!in_url && i < text->size() &&
+             std::isspace(static_cast<unsigned char>((*text)[i]))) {
+        ++i;
+      }
+      if (i >= text->size() || (*text)[i] != '=') continue;
+      ++i;
+      while (!in_url && i < text->size() &&
+             std::isspace(static_cast<unsigned char>((*text)[i]))) {
+        ++i;
+      }
+      size_t length = ValueLength(*text, i, in_url);
+      text->replace(i, length, "***");
+      pos = i + 3;
+    }
+  }
+}
+
+}  // namespace
+
+Environment ProcessEnvironment() {
+  Environment env;
+  for (char** entry = environ; entry && *entry; ++entry) {
+    std::string_view text(*entry);
+    size_t equals = text.find('=');
+    if (equals == std::string_view::npos) continue;
+    env.emplace(std::string(text.substr(0, equals)),
+                std::string(text.substr(equals + 1)));
+  }
+  return env;
+}
+
+std::optional<milliseconds> ParseDuration(std::string_view text) {
+  milliseconds value{};
+  if (ParseDurationChecked(text, &value) != DurationProblem::kNone) {
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::string ConfigPath(const std::optional<std::string>& flag,
+                       const Environment& env) {
+  if (flag) return *flag;
+  auto it = env.find(std::string(kConfigVariable));
+  if (it != env.end() && !it->second.empty()) return it->second;
+  return kDefaultConfigPath;
+}
+
+bool LoadConfig(const std::string& path, const Environment& env, Config* out,
+                std::vector<std::string>* errors) {
+  std::vector<std::string> local_errors;
+  if (!errors) errors = &local_errors;
+  // The reader catches yaml-cpp's parse errors itself; this is the last line
+  // for anything unforeseen (an accessor throwing, bad_alloc).
+  try {
+    return ConfigReader(path, env, errors).Read(out);
+  } catch (const std::exception& e) {
+    errors->push_back(
+        fmt::format("{}: could not read the config ({}); check the file's YAML",
+                    path, e.what()));
+  } catch (...) {
+    errors->push_back(fmt::format(
+        "{}: could not read the config; check the file's YAML", path));
+  }
+  return false;
+}
+
+std::string RedactUrl(std::string_view url) {
+  std::string out(url);
+  size_t scheme_end = out.find("://");
+  bool is_url = scheme_end != std::string::npos && scheme_end > 0 &&
+                std::all_of(out.begin(), out.begin() + scheme_end, [](char c) {
+                  return std::isalnum(static_cast<unsigned char>(c)) ||
+                         c == '+' || c == '-' || c == '.';
+                });
+  if (is_url) {
+    size_t start = scheme_end + 3;
+    // The user info ends at the last '@' before the path. A password with an
+    // unescaped '/', '?' or '#' moves that boundary, so fall back to the
+    // last '@' anywhere: hiding too much beats leaking a password.
+    size_t authority_end = out.find_first_of("/?#", start);
+    if (authority_end == std::string::npos) authority_end = out.size();
+    size_t at = out.rfind('@', authority_end == 0 ? 0 : authority_end - 1);
+    if (at == std::string::npos || at < start || at >= authority_end) {
+      at = out.rfind('@');
+    }
+    if (at != std::string::npos && at >= start) {
+      size_t colon = out.find(':', start);
+      if (colon < at) out.replace(colon + 1, at - colon - 1, "***");
+    }
+  } else if (out.find('@') != std::string::npos &&
+             out.find('=') == std::string::npos) {
+    // Not a well-formed URL, but maybe a mistyped one ("postgres:/u:pw@h",
+    // "u:pw@h"): hide everything from the first ':' to the last '@'.
+    size_t at = out.rfind('@');
+    size_t colon = out.find(':');
+    if (colon < at) out.replace(colon + 1, at - colon - 1, "***");
+  }
+  RedactPasswordParameters(&out, is_url);
+  return out;
+}
+
+}  // namespace boxmeter
