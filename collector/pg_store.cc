@@ -1,0 +1,410 @@
+#include "pg_store.h"
+
+#include <chrono>
+#include <pqxx/pqxx>
+#include <set>
+#include <string_view>
+#include <tuple>
+#include <utility>
+
+#include "config.h"  // RedactUrl
+#include "log.h"
+#include "migrations.h"
+
+namespace boxmeter {
+namespace {
+
+// Serializes migrations between every collector of a database. The value is
+// "boxmeter" in ASCII; any fixed key works as long as nothing else uses it.
+constexpr int64_t kMigrationLockKey = 7093020349380715890;
+
+constexpr std::string_view kCommitTable = "boxmeter_commit_rows";
+
+// Rows of one commit, streamed with COPY. Dropped at the end of the
+// transaction, so it also works through a transaction-pooling proxy.
+constexpr const char* kCreateCommitTable = R"sql(
+CREATE TEMP TABLE boxmeter_commit_rows (
+  kind text NOT NULL,
+  name text NOT NULL,
+  uplink bigint NOT NULL,
+  downlink bigint NOT NULL,
+  base_uplink bigint NOT NULL,
+  base_downlink bigint NOT NULL,
+  instance_start_ms bigint NOT NULL
+) ON COMMIT DROP
+)sql";
+
+// One statement for the whole batch: upsert the counters (deltas added to
+// the totals, baselines replaced), and add the same deltas to the hourly
+// history of the counters they belong to. Sums saturate at the bigint
+// maximum, so a huge value never makes a commit (and every later one) fail.
+// $1: node, $2: the hour, as seconds since the epoch.
+constexpr const char* kApplyCommit = R"sql(
+WITH counted AS (
+  INSERT INTO counters AS c (node, kind, name, uplink, downlink,
+                             base_uplink, base_downlink, instance_start)
+  SELECT $1, kind, name, uplink, downlink, base_uplink, base_downlink,
+         timestamptz 'epoch' + instance_start_ms * interval '1 millisecond'
+    FROM boxmeter_commit_rows
+  ON CONFLICT (node, kind, name) DO UPDATE SET
+    uplink = LEAST(c.uplink::numeric + excluded.uplink,
+                   9223372036854775807)::bigint,
+    downlink = LEAST(c.downlink::numeric + excluded.downlink,
+                     9223372036854775807)::bigint,
+    base_uplink = excluded.base_uplink,
+    base_downlink = excluded.base_downlink,
+    instance_start = excluded.instance_start,
+    last_seen = now()
+  RETURNING c.id, c.kind, c.name
+)
+INSERT INTO counter_hourly AS h (counter_id, hour, uplink, downlink)
+SELECT counted.id, timestamptz 'epoch' + $2::bigint * interval '1 second',
+       r.uplink, r.downlink
+  FROM counted JOIN boxmeter_commit_rows r USING (kind, name)
+ WHERE r.uplink <> 0 OR r.downlink <> 0
+ON CONFLICT (counter_id, hour) DO UPDATE SET
+  uplink = LEAST(h.uplink::numeric + excluded.uplink,
+                 9223372036854775807)::bigint,
+  downlink = LEAST(h.downlink::numeric + excluded.downlink,
+                   9223372036854775807)::bigint
+)sql";
+
+// libpq messages span lines (DETAIL, HINT); logs want one line per event.
+std::string OneLine(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '\n' || c == '\r') {
+      if (!out.empty() && out.back() != ' ') out += ' ';
+    } else {
+      out += c == '\t' ? ' ' : c;
+    }
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+// Whether PostgreSQL can store `text` in a UTF-8 database: valid UTF-8
+// (no overlong forms, surrogates or code points past U+10FFFF) without NUL.
+bool StorableText(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
+    unsigned char c = byte(i);
+    if (c == 0) return false;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t length;
+    uint32_t code;
+    if ((c & 0xE0) == 0xC0) {
+      length = 2;
+      code = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      length = 3;
+      code = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      length = 4;
+      code = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + length > text.size()) return false;
+    for (size_t k = 1; k < length; ++k) {
+      if ((byte(i + k) & 0xC0) != 0x80) return false;
+      code = (code << 6) | (byte(i + k) & 0x3F);
+    }
+    static constexpr uint32_t kMinimum[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < kMinimum[length] || code > 0x10FFFF ||
+        (code >= 0xD800 && code <= 0xDFFF)) {
+      return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
+// Start of the UTC hour that contains `ms`, in seconds since the epoch.
+int64_t HourStartSeconds(int64_t ms) {
+  int64_t hour = ms / 3'600'000;
+  if (ms % 3'600'000 < 0) --hour;  // floor, also before 1970
+  return hour * 3600;
+}
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Server notices (e.g. "relation already exists, skipping") go to the debug
+// log instead of libpq's default, a raw line on stderr.
+class NoticeLogger : public pqxx::errorhandler {
+ public:
+  explicit NoticeLogger(pqxx::connection_base& connection)
+      : pqxx::errorhandler(connection) {}
+  bool operator()(const char message[]) noexcept override {
+    try {
+      LogDebug("postgresql: {}", OneLine(message));
+    } catch (...) {
+    }
+    return false;  // handled: do not pass on to the default printer
+  }
+};
+
+}  // namespace
+
+struct PgStore::Connection {
+  explicit Connection(const std::string& url) : pq(url), notices(pq) {
+    // Counter names are UTF-8 (protobuf strings) whatever the environment
+    // says; PGCLIENTENCODING must not reinterpret them.
+    pq.set_client_encoding("UTF8");
+  }
+  pqxx::connection pq;
+  NoticeLogger notices;  // declared after pq: unregisters before it closes
+};
+
+PgStore::PgStore(std::string url, std::string node)
+    : url_(std::move(url)),
+      redacted_url_(RedactUrl(url_)),
+      node_(std::move(node)) {}
+
+PgStore::~PgStore() = default;
+
+Status PgStore::Failed(const std::string& what, const std::exception& e) {
+  // After any failure the connection may be broken or mid-transaction;
+  // a fresh one is cheap next to a poll interval and always sound.
+  bool broken = dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr ||
+                (connection_ && !connection_->pq.is_open());
+  connection_.reset();
+  std::string where = what + " on PostgreSQL " + redacted_url_ + ": ";
+  if (broken) {
+    return Status::Unavailable(
+        where + "connection lost or refused (" + OneLine(e.what()) +
+        "); is the server up and database.url right? The next call "
+        "reconnects");
+  }
+  std::string message = where + OneLine(e.what());
+  if (auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
+    if (!sql->sqlstate().empty())
+      message += " [SQLSTATE " + sql->sqlstate() + "]";
+  }
+  return Status::Error(message);
+}
+
+Status PgStore::Connect() {
+  if (connection_ && connection_->pq.is_open()) return Status::Ok();
+  connection_.reset();
+  try {
+    connection_ = std::make_unique<Connection>(url_);
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Failed("cannot connect for node '" + node_ + "'", e);
+  }
+}
+
+Status PgStore::Migrate() {
+  if (Status status = Connect(); !status.ok()) return status;
+  std::string current = "taking the migration lock";
+  try {
+    pqxx::connection& pq = connection_->pq;
+    std::set<std::string, std::less<>> applied;
+    {
+      pqxx::nontransaction tx(pq);
+      // A session lock: held across the transactions below, and released by
+      // the server if this connection dies.
+      tx.exec("SELECT pg_advisory_lock(" + std::to_string(kMigrationLockKey) +
+              ")");
+      current = "creating schema_migrations";
+      tx.exec(
+          "CREATE TABLE IF NOT EXISTS schema_migrations ("
+          "name text PRIMARY KEY, "
+          "applied_at timestamptz NOT NULL DEFAULT now())");
+      for (const pqxx::row& row :
+           tx.exec("SELECT name FROM schema_migrations")) {
+        applied.insert(row[0].as<std::string>());
+      }
+    }
+    std::set<std::string_view> known;
+    for (const Migration& migration : EmbeddedMigrations()) {
+      known.insert(migration.name);
+      if (applied.count(migration.name) > 0) continue;
+      current = "applying migration " + std::string(migration.name);
+      pqxx::work tx(pq);
+      tx.exec(std::string(migration.sql));
+      tx.exec_params("INSERT INTO schema_migrations (name) VALUES ($1)",
+                     std::string(migration.name));
+      tx.commit();
+      LogInfo("applied migration {} to {}", migration.name, redacted_url_);
+    }
+    for (const std::string& name : applied) {
+      if (known.count(name) == 0) {
+        LogWarn(
+            "{} has migration {}, which this boxmeter does not know: the "
+            "database was migrated by a newer version; upgrade this one",
+            redacted_url_, name);
+      }
+    }
+    current = "releasing the migration lock";
+    pqxx::nontransaction tx(pq);
+    tx.exec("SELECT pg_advisory_unlock(" + std::to_string(kMigrationLockKey) +
+            ")");
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    // Dropping the connection also releases the lock.
+    return Failed(current, e);
+  }
+}
+
+Status PgStore::LoadNode(NodeState* out) {
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::connection& pq = connection_->pq;
+    {
+      pqxx::work tx(pq);
+      tx.exec_params(
+          "INSERT INTO nodes (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+          node_);
+      tx.commit();
+    }
+    // One snapshot for the sequence and the baselines, so they agree even
+    // if another writer commits meanwhile.
+    pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> tx(pq);
+    NodeState state;
+    pqxx::row seq =
+        tx.exec_params1("SELECT commit_seq FROM nodes WHERE name = $1", node_);
+    state.commit_seq = seq[0].as<int64_t>();
+    pqxx::result rows = tx.exec_params(
+        "SELECT kind, name, base_uplink, base_downlink, "
+        "floor(extract(epoch FROM instance_start) * 1000)::bigint "
+        "FROM counters WHERE node = $1",
+        node_);
+    state.baselines.reserve(rows.size());
+    for (const pqxx::row& row : rows) {
+      std::optional<CounterKind> kind = ParseCounterKind(row[0].c_str());
+      if (!kind) continue;  // the table's CHECK allows only known kinds
+      Baseline baseline;
+      baseline.key = {*kind, std::string(row[1].c_str(), row[1].size())};
+      baseline.values = {row[2].as<int64_t>(), row[3].as<int64_t>()};
+      baseline.instance_start_ms = row[4].as<int64_t>();
+      state.baselines.push_back(std::move(baseline));
+    }
+    tx.commit();
+    *out = std::move(state);
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Failed("loading node '" + node_ + "'", e);
+  }
+}
+
+CommitResult PgStore::Commit(const CommitBatch& batch) {
+  std::string what = "commit of " + std::to_string(batch.rows.size()) +
+                     " counters for node '" + node_ + "'";
+  // Checked before anything is sent: these would fail inside PostgreSQL.
+  std::vector<const CommitRow*> rows;
+  rows.reserve(batch.rows.size());
+  std::set<std::pair<CounterKind, std::string_view>> keys;
+  for (const CommitRow& row : batch.rows) {
+    if (!StorableText(row.key.name)) {
+      LogWarn(
+          "left out {} counter named {:?}: PostgreSQL cannot store that name "
+          "(not UTF-8 or contains NUL); its traffic is not recorded",
+          CounterKindName(row.key.kind), row.key.name);
+      continue;
+    }
+    if (!keys.emplace(row.key.kind, row.key.name).second) {
+      return {CommitOutcome::kNotApplied,
+              Status::Invalid(what + ": counter " +
+                              std::string(CounterKindName(row.key.kind)) +
+                              " '" + row.key.name +
+                              "' appears twice in one batch (a bug)")};
+    }
+    rows.push_back(&row);
+  }
+
+  if (Status status = Connect(); !status.ok()) {
+    return {CommitOutcome::kNotApplied, status};
+  }
+  bool commit_sent = false;
+  try {
+    pqxx::connection& pq = connection_->pq;
+    pqxx::work tx(pq);
+    pqxx::result bumped = tx.exec_params(
+        "UPDATE nodes SET commit_seq = commit_seq + 1, last_commit_at = now() "
+        "WHERE name = $1 AND commit_seq = $2::bigint",
+        node_, batch.expected_seq);
+    if (bumped.affected_rows() == 0) {
+      pqxx::result actual =
+          tx.exec_params("SELECT commit_seq FROM nodes WHERE name = $1", node_);
+      tx.abort();
+      std::string found =
+          actual.empty() ? "no such node in table nodes (was it deleted?)"
+                         : "the database has " + actual[0][0].as<std::string>();
+      return {CommitOutcome::kNotApplied,
+              Status::Invalid(
+                  what + " on PostgreSQL " + redacted_url_ +
+                  " not applied: expected commit sequence " +
+                  std::to_string(batch.expected_seq) + ", " + found +
+                  "; is another collector running with node: " + node_ +
+                  "? The node's state must be reloaded from the database")};
+    }
+    if (!rows.empty()) {
+      tx.exec(kCreateCommitTable);
+      pqxx::stream_to stream(
+          tx, std::string(kCommitTable),
+          std::vector<std::string>{"kind", "name", "uplink", "downlink",
+                                   "base_uplink", "base_downlink",
+                                   "instance_start_ms"});
+      for (const CommitRow* row : rows) {
+        stream << std::make_tuple(
+            std::string(CounterKindName(row->key.kind)), row->key.name,
+            row->delta.uplink, row->delta.downlink, row->baseline.uplink,
+            row->baseline.downlink, row->instance_start_ms);
+      }
+      stream.complete();
+      int64_t observed_ms =
+          batch.observed_at_ms > 0 ? batch.observed_at_ms : NowMs();
+      tx.exec_params(kApplyCommit, node_, HourStartSeconds(observed_ms));
+    }
+    commit_sent = true;
+    tx.commit();
+    return {CommitOutcome::kApplied, Status::Ok()};
+  } catch (const std::exception& e) {
+    bool in_doubt =
+        commit_sent &&
+        (dynamic_cast<const pqxx::in_doubt_error*>(&e) != nullptr ||
+         dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr ||
+         (connection_ && !connection_->pq.is_open()));
+    Status status = Failed(what, e);
+    if (in_doubt) {
+      return {CommitOutcome::kUnknown,
+              Status::Unavailable(
+                  what + " on PostgreSQL " + redacted_url_ +
+                  ": the connection failed during COMMIT, so whether it "
+                  "applied is unknown; the node's commit sequence tells")};
+    }
+    return {CommitOutcome::kNotApplied, status};
+  }
+}
+
+Status PgStore::ReadCommitSeq(int64_t* seq) {
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::read_transaction tx(connection_->pq);
+    pqxx::result rows =
+        tx.exec_params("SELECT commit_seq FROM nodes WHERE name = $1", node_);
+    tx.commit();
+    if (rows.empty()) {
+      return Status::Error("node '" + node_ + "' is not in table nodes of " +
+                           redacted_url_ +
+                           " (deleted while the collector ran?); it is "
+                           "registered again on the next load");
+    }
+    *seq = rows[0][0].as<int64_t>();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Failed("reading the commit sequence of node '" + node_ + "'", e);
+  }
+}
+
+}  // namespace boxmeter

@@ -1,0 +1,70 @@
+// PgStore: the Store on PostgreSQL, through libpqxx.
+//
+// One connection, opened lazily and dropped after any failure, so the next
+// call reconnects: a restarted or failed-over server needs no restart of the
+// collector. Every pqxx exception is caught here and becomes a Status whose
+// message names the database (its URL with any password hidden).
+//
+// A commit is one transaction of a fixed number of statements whatever the
+// batch size: bump the node's commit sequence (only if it is still the
+// expected one), COPY the rows into a temporary table, then one INSERT ...
+// ON CONFLICT that adds the deltas to the totals, sets the baselines, and
+// upserts the hourly history in the same statement.
+//
+// Contract details beyond Store's:
+// - An empty batch is valid: it only moves the commit sequence.
+// - Totals and hourly sums saturate at the bigint maximum instead of failing,
+//   so an absurd counter can never make every later commit fail.
+// - A row whose name PostgreSQL cannot store (not UTF-8, or containing NUL)
+//   is left out with a warning; the rest of the batch applies. Such a name
+//   cannot come from sing-box (protobuf strings are UTF-8), only from a
+//   broken peer, and rejecting the batch would block the node forever.
+// - Duplicate keys in one batch are a caller bug: kNotApplied, kInvalid.
+// - A batch whose expected_seq is not the database's is kNotApplied with
+//   Status::kInvalid: another writer committed for this node (two collectors
+//   with the same node name?); the caller must LoadNode again.
+// - The hourly row is the UTC hour of batch.observed_at_ms (the server's
+//   clock when it is 0).
+//
+// Not thread-safe: one PgStore per thread (Store's calls come from one
+// database worker).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "store.h"
+
+namespace boxmeter {
+
+class PgStore : public Store {
+ public:
+  // `url`: a libpq URL or key=value string; `node`: this node's name.
+  PgStore(std::string url, std::string node);
+  ~PgStore() override;
+
+  PgStore(const PgStore&) = delete;
+  PgStore& operator=(const PgStore&) = delete;
+
+  Status Connect() override;
+  Status Migrate() override;
+  Status LoadNode(NodeState* out) override;
+  CommitResult Commit(const CommitBatch& batch) override;
+  Status ReadCommitSeq(int64_t* seq) override;
+
+  // The URL with any password replaced, as used in messages.
+  const std::string& redacted_url() const { return redacted_url_; }
+
+ private:
+  struct Connection;  // wraps pqxx::connection, kept out of this header
+
+  // Status for a failure of `what`; drops the connection.
+  Status Failed(const std::string& what, const std::exception& e);
+
+  std::string url_;
+  std::string redacted_url_;
+  std::string node_;
+  std::unique_ptr<Connection> connection_;
+};
+
+}  // namespace boxmeter
