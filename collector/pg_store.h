@@ -23,7 +23,7 @@
 // - A batch whose expected_seq is not the database's is kNotApplied with
 //   Status::kInvalid: another writer committed for this node (two collectors
 //   with the same node name?); the caller must LoadNode again.
-// - The hourly row is the UTC hour of batch.observed_at_ms (the server's
+// - The hourly row is the UTC hour of batch.observed_at_ms (this machine's
 //   clock when it is 0).
 //
 // Not thread-safe: one PgStore per thread (Store's calls come from one
