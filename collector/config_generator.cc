@@ -1,0 +1,492 @@
+#include "config_generator.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cctype>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string_view>
+
+namespace boxmeter {
+namespace {
+
+// ordered_json keeps keys in insertion order: the template's keys stay where
+// the operator put them, and generated objects read "type, tag, ..." first.
+using Json = nlohmann::ordered_json;
+
+// What a type's user object is made of (DESIGN.md, "sing-box user fields").
+enum class UserShape {
+  kNamePassword,      // trojan, shadowsocks, hysteria2, anytls, shadowtls
+  kNameUuidFlow,      // vless
+  kNameUuidAlterId,   // vmess
+  kNameUuidPassword,  // tuic
+  kNameAuthStr,       // hysteria
+  kUsernamePassword,  // socks, http, mixed, naive
+};
+
+const std::map<std::string, UserShape, std::less<>>& Shapes() {
+  static const auto* shapes = new std::map<std::string, UserShape, std::less<>>{
+      {"anytls", UserShape::kNamePassword},
+      {"http", UserShape::kUsernamePassword},
+      {"hysteria", UserShape::kNameAuthStr},
+      {"hysteria2", UserShape::kNamePassword},
+      {"mixed", UserShape::kUsernamePassword},
+      {"naive", UserShape::kUsernamePassword},
+      {"shadowsocks", UserShape::kNamePassword},
+      {"shadowtls", UserShape::kNamePassword},
+      {"socks", UserShape::kUsernamePassword},
+      {"trojan", UserShape::kNamePassword},
+      {"tuic", UserShape::kNameUuidPassword},
+      {"vless", UserShape::kNameUuidFlow},
+      {"vmess", UserShape::kNameUuidAlterId},
+  };
+  return *shapes;
+}
+
+// Keys of an inbound that come from the row's columns or from inbound_users;
+// options may not set them, or the row would say two different things.
+struct ReservedKey {
+  std::string_view key;
+  std::string_view instead;
+};
+constexpr ReservedKey kReservedKeys[] = {
+    {"type", "set the inbounds.type column instead"},
+    {"tag", "set the inbounds.tag column instead"},
+    {"listen", "set the inbounds.listen column instead"},
+    {"listen_port", "set the inbounds.listen_port column instead"},
+    {"users", "link users to the inbound in inbound_users instead"},
+};
+
+// 8-4-4-4-12 hex digits, as PostgreSQL's uuid type prints it.
+bool IsUuid(std::string_view text) {
+  if (text.size() != 36) return false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? text[i] != '-'
+             : !std::isxdigit(static_cast<unsigned char>(text[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string Lower(std::string text) {
+  for (char& c : text) c = std::tolower(static_cast<unsigned char>(c));
+  return text;
+}
+
+// nlohmann's messages start with "[json.exception.parse_error.101] ".
+std::string JsonError(const std::exception& e) {
+  std::string_view what = e.what();
+  if (what.starts_with("[json.exception.")) {
+    size_t end = what.find("] ");
+    if (end != std::string_view::npos) what.remove_prefix(end + 2);
+  }
+  return std::string(what);
+}
+
+std::string_view TypeName(const Json& value) {
+  switch (value.type()) {
+    case Json::value_t::null:
+      return "null";
+    case Json::value_t::object:
+      return "an object";
+    case Json::value_t::array:
+      return "an array";
+    case Json::value_t::string:
+      return "a string";
+    case Json::value_t::boolean:
+      return "a boolean";
+    case Json::value_t::binary:
+      return "binary data";
+    case Json::value_t::discarded:
+      return "nothing";
+    default:
+      return "a number";
+  }
+}
+
+std::string Join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& item : items) {
+    if (!out.empty()) out += ", ";
+    out += item;
+  }
+  return out;
+}
+
+class Generator {
+ public:
+  explicit Generator(const GeneratorInput& input) : input_(input) {}
+
+  GeneratedConfig Run() {
+    GeneratedConfig result;
+    Json config = ReadTemplate();
+    std::vector<const InboundRow*> inbounds = SortedInbounds();
+    std::map<std::string, const UserRow*, std::less<>> users = UsersByName();
+    std::map<std::string, std::vector<const UserRow*>, std::less<>> links =
+        LinksByInbound(users);
+    if (input_.stats_listen.empty()) {
+      Error(
+          "source.address is empty; set it to sing-box's "
+          "experimental.v2ray_api.listen address (e.g. 127.0.0.1:8080)");
+    }
+
+    Json generated = Json::array();
+    std::vector<std::string> tags;
+    std::set<std::string> emitted_users;
+    for (const InboundRow* row : inbounds) {
+      std::optional<Json> inbound = MakeInbound(*row, links[row->tag]);
+      if (!inbound) continue;
+      for (const UserRow* user : links[row->tag]) {
+        emitted_users.insert(user->name);
+      }
+      tags.push_back(row->tag);
+      generated.push_back(std::move(*inbound));
+    }
+    if (!errors_.empty()) {
+      result.errors = std::move(errors_);
+      return result;
+    }
+
+    if (!config.contains("inbounds")) config["inbounds"] = Json::array();
+    for (Json& inbound : generated) {
+      config["inbounds"].push_back(std::move(inbound));
+    }
+    Json stats = {
+        {"enabled", true},
+        {"inbounds", tags},
+        {"outbounds", input_.stats_outbounds},
+        {"users",
+         std::vector<std::string>(emitted_users.begin(), emitted_users.end())},
+    };
+    config["experimental"]["v2ray_api"] = {{"listen", input_.stats_listen},
+                                           {"stats", std::move(stats)}};
+    try {
+      // Strings from PostgreSQL and from the parsed template are valid
+      // UTF-8; replacing instead of throwing keeps this total anyway.
+      result.text =
+          config.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
+    } catch (const std::exception& e) {
+      result.errors.push_back("cannot write the config as JSON: " +
+                              JsonError(e));
+      return result;
+    }
+    result.inbounds = tags.size();
+    result.users = emitted_users.size();
+    return result;
+  }
+
+ private:
+  void Error(std::string message) { errors_.push_back(std::move(message)); }
+
+  // The template as a JSON object, checked for what the generator adds to;
+  // an empty object after an error (so the rows are still all checked).
+  Json ReadTemplate() {
+    if (!input_.template_name.empty()) {
+      template_name_ = "template " + input_.template_name;
+    }
+    const std::string& name = template_name_;
+    Json config;
+    try {
+      config = Json::parse(input_.template_json);
+    } catch (const std::exception& e) {
+      Error(fmt::format(
+          "{} is not valid JSON: {}; it must hold a sing-box config as a "
+          "JSON object",
+          name, JsonError(e)));
+      return Json::object();
+    }
+    if (!config.is_object()) {
+      Error(fmt::format(
+          "{}: the top level is {}; expected a JSON object, a sing-box "
+          "config such as {{\"log\": {{}}, \"outbounds\": [...]}}",
+          name, TypeName(config)));
+      return Json::object();
+    }
+    if (config.contains("inbounds")) {
+      const Json& inbounds = config["inbounds"];
+      if (!inbounds.is_array()) {
+        Error(fmt::format(
+            "{}: \"inbounds\" is {}; expected an array of inbound objects "
+            "(or leave it out)",
+            name, TypeName(inbounds)));
+      } else {
+        for (size_t i = 0; i < inbounds.size(); ++i) {
+          const Json& inbound = inbounds[i];
+          if (inbound.is_object() && inbound.contains("tag") &&
+              inbound["tag"].is_string()) {
+            template_tags_[inbound["tag"].get<std::string>()] = i;
+          }
+        }
+      }
+    }
+    if (config.contains("experimental")) {
+      const Json& experimental = config["experimental"];
+      if (!experimental.is_object()) {
+        Error(
+            fmt::format("{}: \"experimental\" is {}; expected an object (or "
+                        "leave it out)",
+                        name, TypeName(experimental)));
+      } else if (experimental.contains("v2ray_api")) {
+        Error(fmt::format(
+            "{}: experimental.v2ray_api is set; remove it, boxmeter-gen "
+            "writes that block itself from source.address and "
+            "generator.stats_outbounds, naming every inbound and user it "
+            "generates",
+            name));
+      }
+    }
+    if (!errors_.empty()) return Json::object();
+    return config;
+  }
+
+  // The inbound rows sorted by tag, without those whose tag is empty,
+  // repeated, or already in the template (each reported).
+  std::vector<const InboundRow*> SortedInbounds() {
+    std::map<std::string_view, std::vector<const InboundRow*>> by_tag;
+    for (const InboundRow& row : input_.inbounds) {
+      by_tag[row.tag].push_back(&row);
+    }
+    std::vector<const InboundRow*> rows;
+    for (const auto& [tag, group] : by_tag) {
+      if (tag.empty()) {
+        Error(
+            "an inbound row has an empty tag; set inbounds.tag, it names the "
+            "inbound in sing-box and its traffic counters");
+      } else if (group.size() > 1) {
+        Error(fmt::format(
+            "inbound tag '{}' appears {} times among this node's inbounds; "
+            "tags must be unique: rename or disable all but one",
+            tag, group.size()));
+      } else if (auto it = template_tags_.find(tag);
+                 it != template_tags_.end()) {
+        Error(fmt::format(
+            "inbound '{}' is defined both in {} (inbounds[{}]) and in the "
+            "database; remove it from one of them, or rename one",
+            tag, template_name_, it->second));
+      } else {
+        rows.push_back(group.front());
+      }
+    }
+    return rows;
+  }
+
+  std::map<std::string, const UserRow*, std::less<>> UsersByName() {
+    std::map<std::string, const UserRow*, std::less<>> users;
+    std::set<std::string> reported;
+    for (const UserRow& user : input_.users) {
+      if (user.name.empty()) {
+        Error("a user row has an empty name; set users.name");
+        continue;
+      }
+      if (!users.emplace(user.name, &user).second &&
+          reported.insert(user.name).second) {
+        Error(fmt::format(
+            "user '{}' appears more than once among the user rows; user "
+            "names must be unique",
+            user.name));
+      }
+    }
+    return users;
+  }
+
+  std::map<std::string, std::vector<const UserRow*>, std::less<>>
+  LinksByInbound(
+      const std::map<std::string, const UserRow*, std::less<>>& users) {
+    std::set<std::string, std::less<>> tags;
+    for (const InboundRow& row : input_.inbounds) tags.insert(row.tag);
+    std::map<std::string, std::vector<const UserRow*>, std::less<>> links;
+    std::set<std::pair<std::string, std::string>> seen;
+    for (const InboundUserLink& link : input_.links) {
+      if (!seen.emplace(link.inbound_tag, link.user_name).second) continue;
+      auto user = users.find(link.user_name);
+      if (tags.count(link.inbound_tag) == 0 || user == users.end()) {
+        Error(fmt::format(
+            "inbound '{}' is linked to user '{}', but {} is not among the "
+            "rows read; this is a bug in reading the database",
+            link.inbound_tag, link.user_name,
+            tags.count(link.inbound_tag) == 0 ? "that inbound" : "that user"));
+        continue;
+      }
+      links[link.inbound_tag].push_back(user->second);
+    }
+    for (auto& [tag, list] : links) {
+      std::sort(
+          list.begin(), list.end(),
+          [](const UserRow* a, const UserRow* b) { return a->name < b->name; });
+    }
+    return links;
+  }
+
+  std::optional<Json> MakeInbound(const InboundRow& row,
+                                  const std::vector<const UserRow*>& users) {
+    size_t errors_before = errors_.size();
+    auto shape = Shapes().find(row.type);
+    if (shape == Shapes().end()) {
+      std::vector<std::string> known = SupportedInboundTypes();
+      Error(fmt::format(
+          "inbound '{}': type '{}' is not one boxmeter-gen can write users "
+          "for; set inbounds.type to one of: {}",
+          row.tag, row.type, Join(known)));
+      return std::nullopt;
+    }
+    Json inbound = Json::object();
+    inbound["type"] = row.type;
+    inbound["tag"] = row.tag;
+    inbound["listen"] = row.listen;
+    if (row.listen_port) inbound["listen_port"] = *row.listen_port;
+
+    Json options;
+    try {
+      options = Json::parse(row.options_json);
+    } catch (const std::exception& e) {
+      Error(
+          fmt::format("inbound '{}': options are not valid JSON ({}); "
+                      "fix inbounds.options",
+                      row.tag, JsonError(e)));
+    }
+    if (errors_.size() == errors_before) {
+      if (!options.is_object()) {
+        Error(fmt::format(
+            "inbound '{}': options are {}; expected a JSON object of the "
+            "inbound's other fields (tls, transport, method, ...), or {{}}",
+            row.tag, TypeName(options)));
+      } else {
+        for (const ReservedKey& reserved : kReservedKeys) {
+          if (options.contains(reserved.key)) {
+            Error(fmt::format(
+                "inbound '{}': options set \"{}\", which boxmeter-gen "
+                "writes itself; remove it from inbounds.options and {}",
+                row.tag, reserved.key, reserved.instead));
+          }
+        }
+        for (auto& [key, value] : options.items()) {
+          if (!inbound.contains(key)) inbound[key] = value;
+        }
+      }
+    }
+
+    Json list = Json::array();
+    for (const UserRow* user : users) {
+      std::optional<Json> object = MakeUser(row, shape->second, *user);
+      if (object) list.push_back(std::move(*object));
+    }
+    inbound["users"] = std::move(list);
+    if (errors_.size() != errors_before) return std::nullopt;
+    return inbound;
+  }
+
+  // The credential `value` of `user`, or an error saying how to set it.
+  std::optional<std::string> Need(const InboundRow& row, const UserRow& user,
+                                  const std::optional<std::string>& value,
+                                  std::string_view column) {
+    if (value && !value->empty()) return *value;
+    std::string example =
+        column == "uuid" ? "gen_random_uuid()" : "'a long random secret'";
+    Error(fmt::format(
+        "inbound '{}' (type {}): user '{}' has {} {}, which {} users need; "
+        "set it (UPDATE users SET {} = {} WHERE name = '{}') or unlink the "
+        "user from this inbound",
+        row.tag, row.type, user.name, value ? "an empty" : "no", column,
+        row.type, column, example, user.name));
+    return std::nullopt;
+  }
+
+  std::optional<std::string> NeedUuid(const InboundRow& row,
+                                      const UserRow& user) {
+    std::optional<std::string> uuid = Need(row, user, user.uuid, "uuid");
+    if (!uuid) return std::nullopt;
+    if (!IsUuid(*uuid)) {
+      Error(fmt::format(
+          "inbound '{}' (type {}): user '{}' has uuid \"{}\", which is not "
+          "a UUID (8-4-4-4-12 hex digits, like "
+          "0f8e2d6c-5b1a-4c3e-9d7f-2a6b8c0e4f13); set a valid one",
+          row.tag, row.type, user.name, *uuid));
+      return std::nullopt;
+    }
+    return Lower(*uuid);
+  }
+
+  std::optional<Json> MakeUser(const InboundRow& row, UserShape shape,
+                               const UserRow& user) {
+    Json object = Json::object();
+    switch (shape) {
+      case UserShape::kNamePassword:
+      case UserShape::kNameAuthStr: {
+        auto password = Need(row, user, user.password, "password");
+        if (!password) return std::nullopt;
+        object["name"] = user.name;
+        object[shape == UserShape::kNameAuthStr ? "auth_str" : "password"] =
+            *password;
+        return object;
+      }
+      case UserShape::kUsernamePassword: {
+        auto password = Need(row, user, user.password, "password");
+        if (!password) return std::nullopt;
+        object["username"] = user.name;
+        object["password"] = *password;
+        return object;
+      }
+      case UserShape::kNameUuidFlow: {
+        auto uuid = NeedUuid(row, user);
+        if (!uuid) return std::nullopt;
+        object["name"] = user.name;
+        object["uuid"] = *uuid;
+        if (user.flow && !user.flow->empty()) object["flow"] = *user.flow;
+        return object;
+      }
+      case UserShape::kNameUuidAlterId: {
+        auto uuid = NeedUuid(row, user);
+        if (!uuid) return std::nullopt;
+        object["name"] = user.name;
+        object["uuid"] = *uuid;
+        if (user.alter_id) object["alterId"] = *user.alter_id;
+        return object;
+      }
+      case UserShape::kNameUuidPassword: {
+        auto uuid = NeedUuid(row, user);
+        auto password = Need(row, user, user.password, "password");
+        if (!uuid || !password) return std::nullopt;
+        object["name"] = user.name;
+        object["uuid"] = *uuid;
+        object["password"] = *password;
+        return object;
+      }
+    }
+    return std::nullopt;
+  }
+
+  const GeneratorInput& input_;
+  std::vector<std::string> errors_;
+  std::map<std::string, size_t, std::less<>> template_tags_;  // -> index
+  std::string template_name_ = "the template";
+};
+
+}  // namespace
+
+const std::vector<std::string>& SupportedInboundTypes() {
+  static const auto* types = [] {
+    auto* list = new std::vector<std::string>;
+    for (const auto& [type, shape] : Shapes()) list->push_back(type);
+    return list;
+  }();
+  return *types;
+}
+
+GeneratedConfig GenerateSingBoxConfig(const GeneratorInput& input) {
+  try {
+    return Generator(input).Run();
+  } catch (const std::exception& e) {
+    // Nothing above should throw (parse errors are caught where they
+    // happen); this keeps the core's contract of returning errors as values.
+    GeneratedConfig result;
+    result.errors.push_back(std::string("generating the config failed: ") +
+                            e.what());
+    return result;
+  }
+}
+
+}  // namespace boxmeter
