@@ -1,0 +1,207 @@
+#include "collector.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <boost/asio/post.hpp>
+
+#include "fakes/fake_notifier.h"
+#include "fakes/fake_stats_source.h"
+#include "fakes/fake_store.h"
+
+namespace boxmeter {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::FakeNotifier;
+using testing::FakeStatsSource;
+using testing::FakeStore;
+
+const CounterKey kAlice{CounterKind::kUser, "alice"};
+
+class CollectorTest : public ::testing::Test {
+ protected:
+  CollectorTest() {
+    config_.node = "test-node";
+    config_.source.address = "127.0.0.1:1";
+    config_.database.url = "postgresql://boxmeter:secret@db/boxmeter";
+    config_.poll.interval = 10ms;
+    config_.source.timeout = 1s;
+    collector_ = std::make_unique<Collector>(io_, config_, source_, store_,
+                                             notifier_);
+  }
+
+  // Runs the loop until `done` holds; false after 10 s or if the loop
+  // stopped first.
+  template <typename Done>
+  bool RunUntil(Done done) {
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!done()) {
+      if (io_.stopped() || std::chrono::steady_clock::now() > deadline) {
+        return done();
+      }
+      io_.run_for(5ms);
+    }
+    return true;
+  }
+
+  int Count(const std::string& event) {
+    return std::count(notifier_.events.begin(), notifier_.events.end(),
+                      event);
+  }
+
+  Config config_;
+  FakeStatsSource source_;
+  FakeStore store_;
+  FakeNotifier notifier_;
+  boost::asio::io_context io_;
+  std::unique_ptr<Collector> collector_;
+};
+
+TEST_F(CollectorTest, OnceCommitsWhatWasCounted) {
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->StartOnce();
+  io_.run();
+  EXPECT_TRUE(collector_->succeeded());
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{10, 20}));
+  EXPECT_EQ(Count("READY=1"), 1);
+}
+
+TEST_F(CollectorTest, OnceFailsWhenTheDatabaseIsDown) {
+  store_.SetUp(false);
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->StartOnce();
+  io_.run();
+  EXPECT_FALSE(collector_->succeeded());
+  EXPECT_EQ(Count("READY=1"), 0);
+}
+
+TEST_F(CollectorTest, OnceFailsWhenTheStatsApiFails) {
+  source_.Fail(Status::Unavailable("nothing listens"));
+  collector_->StartOnce();
+  io_.run();
+  EXPECT_FALSE(collector_->succeeded());
+}
+
+TEST_F(CollectorTest, OnceWithNothingCountedSucceedsWithoutWriting) {
+  collector_->StartOnce();
+  io_.run();
+  EXPECT_TRUE(collector_->succeeded());
+  EXPECT_EQ(store_.commits(), 0);
+}
+
+TEST_F(CollectorTest, DatabaseDownAtStartLosesNothing) {
+  store_.SetUp(false);
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= 3; }));
+  source_.Add(CounterKind::kUser, "alice", 1, 2);
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= 6; }));
+  EXPECT_EQ(Count("READY=1"), 0);  // not ready before the database answers
+  store_.SetUp(true);
+  EXPECT_TRUE(RunUntil([&] {
+    return store_.Total(kAlice) == CounterValues{11, 22};
+  }));
+  EXPECT_EQ(Count("READY=1"), 1);
+}
+
+TEST_F(CollectorTest, FailedCommitsKeepTheirTraffic) {
+  store_.Script({FakeStore::Next::kNotApplied, FakeStore::Next::kNotApplied});
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.commits() >= 1; }));
+  source_.Add(CounterKind::kUser, "alice", 5, 5);
+  EXPECT_TRUE(RunUntil([&] {
+    return store_.Total(kAlice) == CounterValues{15, 25};
+  }));
+  EXPECT_EQ(store_.applied(), 1);  // one commit carried everything
+}
+
+TEST_F(CollectorTest, UnknownOutcomeThatAppliedIsNotCountedTwice) {
+  store_.Script({FakeStore::Next::kUnknownApplied});
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.applied() >= 1; }));
+  source_.Add(CounterKind::kUser, "alice", 1, 1);
+  ASSERT_TRUE(RunUntil([&] { return store_.applied() >= 2; }));
+  int fetches = source_.fetches();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 5; }));
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{11, 21}));
+}
+
+TEST_F(CollectorTest, UnknownOutcomeThatDidNotApplyIsRetried) {
+  store_.Script({FakeStore::Next::kUnknown});
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->Start();
+  EXPECT_TRUE(RunUntil([&] {
+    return store_.Total(kAlice) == CounterValues{10, 20};
+  }));
+}
+
+TEST_F(CollectorTest, IdlePollsWriteNothing) {
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.applied() == 1; }));
+  int commits = store_.commits();
+  int fetches = source_.fetches();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 10; }));
+  EXPECT_EQ(store_.commits(), commits);
+}
+
+TEST_F(CollectorTest, SingBoxRestartIsCountedFromZero) {
+  source_.Add(CounterKind::kUser, "alice", 100, 100);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] {
+    return store_.Total(kAlice) == CounterValues{100, 100};
+  }));
+  source_.Restart();
+  source_.Add(CounterKind::kUser, "alice", 30, 40);
+  EXPECT_TRUE(RunUntil([&] {
+    return store_.Total(kAlice) == CounterValues{130, 140};
+  }));
+}
+
+TEST_F(CollectorTest, StopPollsAndCommitsOnceMore) {
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return Count("READY=1") == 1; }));
+  source_.Add(CounterKind::kUser, "alice", 7, 8);
+  collector_->Stop();
+  io_.run();  // returns once the collector stopped the loop
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{7, 8}));
+  EXPECT_EQ(Count("STOPPING=1"), 1);
+}
+
+TEST_F(CollectorTest, StatusLinesDescribeThePoll) {
+  source_.Add(CounterKind::kUser, "alice", 7, 8);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.applied() == 1; }));
+  auto status = std::find_if(
+      notifier_.events.rbegin(), notifier_.events.rend(),
+      [](const std::string& e) { return e.rfind("STATUS=", 0) == 0; });
+  ASSERT_NE(status, notifier_.events.rend());
+  EXPECT_NE(status->find("1 counters"), std::string::npos) << *status;
+  EXPECT_EQ(status->find("secret"), std::string::npos) << *status;
+}
+
+TEST(CollectorWatchdogTest, PingsAtTheRequestedRate) {
+  Config config;
+  config.node = "n";
+  config.source.address = "127.0.0.1:1";
+  config.poll.interval = 1h;  // only the watchdog should tick
+  FakeStatsSource source;
+  FakeStore store;
+  FakeNotifier notifier;
+  notifier.watchdog = std::chrono::milliseconds(20);
+  boost::asio::io_context io;
+  Collector collector(io, config, source, store, notifier);
+  collector.Start();
+  io.run_for(300ms);
+  int pings = std::count(notifier.events.begin(), notifier.events.end(),
+                         std::string("WATCHDOG=1"));
+  // 300 ms at one ping per 20 ms: about 15; allow a slow machine.
+  EXPECT_GE(pings, 5);
+  EXPECT_LE(pings, 17);
+}
+
+}  // namespace
+}  // namespace boxmeter
