@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what boxmeter needs from Debian 12's archive. One script for CI,
+# the README's commands and the container build stage, so all three install
+# the same things.
+#
+#   scripts/install-deps.sh build    compilers and -dev libraries
+#   scripts/install-deps.sh test     build + the real peers the tests start
+#   scripts/install-deps.sh runtime  the shared libraries the binaries need
+set -euo pipefail
+
+what=${1:-test}
+
+build_packages=(
+  g++ cmake ninja-build pkg-config clang-format
+  protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
+  libpqxx-dev            # PostgreSQL client (libpqxx 6.4 over libpq)
+  libyaml-cpp-dev        # the config file
+  libfmt-dev             # log and SQL formatting
+  libboost-dev           # Boost.Asio: the event loop
+  nlohmann-json3-dev     # the generator's JSON
+  libsystemd-dev         # sd_notify
+  libgtest-dev libgmock-dev
+)
+test_packages=(
+  postgresql-15          # a real, throwaway PostgreSQL per test suite
+  v2ray                  # v2ray-core 4.34: the real StatsService peer
+  curl                   # pushes real traffic through v2ray's socks inbound
+  procps                 # ps/pgrep, used by the scripts
+  systemd                # systemd-analyze verify/security on deploy/systemd
+)
+runtime_packages=(
+  libgrpc++1.51 libprotobuf32 libpqxx-6.4 libyaml-cpp0.7 libfmt9 libsystemd0
+)
+
+case "$what" in
+  build) packages=("${build_packages[@]}") ;;
+  test) packages=("${build_packages[@]}" "${test_packages[@]}") ;;
+  runtime) packages=("${runtime_packages[@]}") ;;
+  *)
+    echo "usage: $0 build|test|runtime (got \"$what\")" >&2
+    exit 64
+    ;;
+esac
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps.sh: run as root (it calls apt-get)" >&2
+  exit 77
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${packages[@]}"
