@@ -1,0 +1,304 @@
+// End to end against the fake: the boxmeter-collector binary polling the
+// fake-stats-server binary (sing-box's StatsService semantics, faults on
+// demand through its stdin) into a throwaway PostgreSQL. These are the faults
+// v2ray-core cannot be made to show: duplicate counters, a reload that resets
+// counters and uptime, UNIMPLEMENTED, slow replies, and a very large node.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "collector_runner.h"
+#include "pg_server.h"
+#include "process.h"
+
+namespace boxmeter::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr const char* kNode = "fake";
+constexpr const char* kDatabase = "fake";
+constexpr auto kMatchTimeout = 20s;
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// The fake-stats-server binary, driven through its stdin line protocol. Its
+// stdin is a FIFO this object holds open, so commands can be sent at any time
+// (Process has no stdin pipe); its answers are read from its stdout file.
+class FakeStatsProcess {
+ public:
+  FakeStatsProcess() {
+    std::string fifo = dir_.path() + "/commands";
+    out_path_ = dir_.path() + "/stdout";
+    if (mkfifo(fifo.c_str(), 0600) != 0) {
+      throw std::runtime_error("mkfifo " + fifo + ": " + std::strerror(errno));
+    }
+    // Read-write, so that neither this open nor the child's blocks waiting
+    // for the other end; close-on-exec, so only this object holds it.
+    fd_ = open(fifo.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd_ < 0) {
+      throw std::runtime_error("open " + fifo + ": " + std::strerror(errno));
+    }
+    Process::Options server;
+    server.argv = {"/bin/sh", "-c", "exec \"$0\" --listen 127.0.0.1:0 <\"$1\"",
+                   BOXMETER_FAKE_STATS_SERVER_BIN, fifo};
+    server.stdout_path = out_path_;
+    server.stderr_path = dir_.path() + "/stderr";
+    process_ = Process::Start(server);
+    const std::string kPrefix = "listening ";
+    bool listening = WaitUntil(
+        [&] {
+          std::vector<std::string> lines = Lines(ReadFile(out_path_));
+          return !lines.empty() && lines[0].starts_with(kPrefix);
+        },
+        10s);
+    if (!listening) {
+      throw std::runtime_error(
+          "fake-stats-server did not start: " + ReadFile(out_path_) +
+          ReadFile(dir_.path() + "/stderr"));
+    }
+    address_ = Lines(ReadFile(out_path_))[0].substr(kPrefix.size());
+  }
+
+  ~FakeStatsProcess() { close(fd_); }
+
+  const std::string& address() const { return address_; }
+
+  // Sends one command and awaits its "ok".
+  ::testing::AssertionResult Command(const std::string& command) {
+    std::string line = command + "\n";
+    if (write(fd_, line.data(), line.size()) !=
+        static_cast<ssize_t>(line.size())) {
+      return ::testing::AssertionFailure()
+             << "cannot send \"" << command << "\": " << std::strerror(errno);
+    }
+    ++sent_;
+    std::vector<std::string> lines;
+    bool answered = WaitUntil(
+        [&] {
+          lines = Lines(ReadFile(out_path_));
+          return lines.size() >= sent_ + 1;  // after "listening ..."
+        },
+        30s, 10ms);
+    if (!answered) {
+      return ::testing::AssertionFailure()
+             << "fake-stats-server did not answer \"" << command << "\"";
+    }
+    if (lines[sent_] != "ok") {
+      return ::testing::AssertionFailure()
+             << "fake-stats-server answered \"" << lines[sent_] << "\" to \""
+             << command << "\"";
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+ private:
+  TempDir dir_;
+  std::string out_path_;
+  int fd_ = -1;
+  std::unique_ptr<Process> process_;
+  std::string address_;
+  size_t sent_ = 0;
+};
+
+class CollectorFakeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pg_ = std::make_unique<PgServer>();
+    database_url_ = pg_->CreateDatabase(kDatabase);
+    fake_ = std::make_unique<FakeStatsProcess>();
+  }
+
+  void StartCollector(std::string timeout = "2s") {
+    collector_ = std::make_unique<CollectorRunner>(
+        BOXMETER_COLLECTOR_BIN,
+        CollectorRunner::Settings{.node = kNode,
+                                  .source_address = fake_->address(),
+                                  .database_url = database_url_,
+                                  .poll_interval = "200ms",
+                                  .source_timeout = std::move(timeout)});
+    collector_->Start();
+  }
+
+  // Awaits (bounded) the database holding exactly `expected`.
+  ::testing::AssertionResult DatabaseHolds(
+      const CounterMap& expected,
+      std::chrono::milliseconds timeout = kMatchTimeout) {
+    CounterMap actual;
+    std::string error;
+    if (WaitUntil(
+            [&] {
+              // Fails until the collector has migrated the fresh database.
+              error = TryTrafficInDatabase(*pg_, kDatabase, kNode, &actual);
+              actual = WithoutZeros(std::move(actual));
+              return error.empty() && actual == expected;
+            },
+            timeout, 100ms)) {
+      return ::testing::AssertionSuccess();
+    }
+    return ::testing::AssertionFailure()
+           << "the database differs from what the fake served:\n"
+           << DescribeDifference(expected, actual) << error
+           << "\ncollector log tail:\n"
+           << collector_->LogTail();
+  }
+
+  ::testing::AssertionResult AwaitPolls(size_t count) {
+    size_t before = collector_->CountLogLines("last poll: ");
+    if (WaitUntil(
+            [&] {
+              return collector_->CountLogLines("last poll: ") >= before + count;
+            },
+            10s)) {
+      return ::testing::AssertionSuccess();
+    }
+    return ::testing::AssertionFailure()
+           << count << " polls did not happen within 10 s; log tail:\n"
+           << collector_->LogTail();
+  }
+
+  std::unique_ptr<PgServer> pg_;
+  std::string database_url_;
+  std::unique_ptr<FakeStatsProcess> fake_;
+  std::unique_ptr<CollectorRunner> collector_;
+};
+
+constexpr const char* kAliceUp = "user>>>alice>>>traffic>>>uplink";
+constexpr const char* kAliceDown = "user>>>alice>>>traffic>>>downlink";
+constexpr const char* kInUp = "inbound>>>in>>>traffic>>>uplink";
+constexpr const char* kOutDown = "outbound>>>direct>>>traffic>>>downlink";
+
+TEST_F(CollectorFakeTest, DuplicatesInEveryReplyAreCountedOnce) {
+  ASSERT_TRUE(fake_->Command("duplicate on"));
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 1000"));
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceDown + " 2000"));
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kInUp + " 1000"));
+  StartCollector();
+  ASSERT_TRUE(
+      DatabaseHolds({{kAliceUp, 1000}, {kAliceDown, 2000}, {kInUp, 1000}}));
+
+  ASSERT_TRUE(fake_->Command(std::string("add ") + kAliceDown + " 500"));
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kOutDown + " 77"));
+  ASSERT_TRUE(DatabaseHolds(
+      {{kAliceUp, 1000}, {kAliceDown, 2500}, {kInUp, 1000}, {kOutDown, 77}}));
+  // Further polls of the same duplicated values add nothing.
+  ASSERT_TRUE(AwaitPolls(3));
+  EXPECT_TRUE(DatabaseHolds(
+      {{kAliceUp, 1000}, {kAliceDown, 2500}, {kInUp, 1000}, {kOutDown, 77}},
+      0ms));
+}
+
+TEST_F(CollectorFakeTest, ReloadThatResetsCountersAndUptimeIsCountedRight) {
+  // An instance that has run for an hour, so the reload shows in its uptime.
+  ASSERT_TRUE(fake_->Command("uptime 3600"));
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 1000"));
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceDown + " 5000"));
+  StartCollector();
+  ASSERT_TRUE(DatabaseHolds({{kAliceUp, 1000}, {kAliceDown, 5000}}));
+
+  ASSERT_TRUE(fake_->Command("restart"));
+  // Uplink comes back higher than before: only the uptime tells that this is
+  // a new instance (counting the difference would lose 1000 bytes).
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 4000"));
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceDown + " 2000"));
+  ASSERT_TRUE(DatabaseHolds({{kAliceUp, 5000}, {kAliceDown, 7000}}));
+  EXPECT_TRUE(collector_->Running());
+}
+
+TEST_F(CollectorFakeTest, UnimplementedIsExplainedAndSurvived) {
+  ASSERT_TRUE(fake_->Command("fail UNIMPLEMENTED"));
+  StartCollector();
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        std::string log = collector_->Log();
+        return log.find("with_v2ray_api") != std::string::npos &&
+               log.find("experimental.v2ray_api") != std::string::npos;
+      },
+      10s))
+      << "the log does not say how to enable the API:\n"
+      << collector_->LogTail();
+  // Keeps running (a window, by nature: it must not exit within it).
+  EXPECT_FALSE(collector_->Wait(1s).has_value()) << collector_->LogTail();
+
+  // And picks up once the API is there.
+  ASSERT_TRUE(fake_->Command("fail none"));
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 42"));
+  ASSERT_TRUE(DatabaseHolds({{kAliceUp, 42}}));
+}
+
+TEST_F(CollectorFakeTest, SlowReplyIsAWarningAndTotalsRecover) {
+  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 1000"));
+  StartCollector("1s");
+  ASSERT_TRUE(DatabaseHolds({{kAliceUp, 1000}}));
+
+  ASSERT_TRUE(fake_->Command("delay 1500"));  // longer than source.timeout
+  ASSERT_TRUE(fake_->Command(std::string("add ") + kAliceUp + " 500"));
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        for (const std::string& line : Lines(collector_->Log())) {
+          if (line.find(" warn ") != std::string::npos &&
+              line.find("source.timeout") != std::string::npos) {
+            return true;
+          }
+        }
+        return false;
+      },
+      10s))
+      << "no warning about the deadline:\n"
+      << collector_->LogTail();
+  EXPECT_TRUE(collector_->Running()) << collector_->LogTail();
+
+  ASSERT_TRUE(fake_->Command("delay 0"));
+  ASSERT_TRUE(DatabaseHolds({{kAliceUp, 1500}}));
+  EXPECT_TRUE(collector_->Running()) << collector_->LogTail();
+}
+
+TEST_F(CollectorFakeTest, TwoHundredThousandCountersAreCommittedInFull) {
+  // 200,000 counters are 100,000 uplink/downlink pairs: one row each.
+  constexpr int64_t kCounters = 200'000;
+  constexpr int64_t kRows = kCounters / 2;
+  ASSERT_TRUE(fake_->Command("populate " + std::to_string(kCounters)));
+  ASSERT_TRUE(fake_->Command("touch 1 7"));  // every counter: 7 bytes
+  // A reply of several MiB, over gRPC's default 4 MiB limit; a generous
+  // timeout for a shared, busy test machine.
+  StartCollector("10s");
+  auto totals = [&]() -> std::string {
+    try {
+      return pg_->Query(kDatabase,
+                        "SELECT count(*), coalesce(sum(uplink + downlink), 0) "
+                        "FROM counters WHERE node = 'fake'");
+    } catch (const std::runtime_error& e) {
+      return e.what();  // not migrated yet
+    }
+  };
+  std::string expected =
+      std::to_string(kRows) + "|" + std::to_string(kCounters * 7);
+  EXPECT_TRUE(WaitUntil([&] { return totals() == expected; }, 60s, 200ms))
+      << "rows|bytes: " << totals() << "\ncollector log tail:\n"
+      << collector_->LogTail();
+
+  // A tenth of them move again: only those are added.
+  ASSERT_TRUE(fake_->Command("touch 0.1 3"));
+  expected = std::to_string(kRows) + "|" +
+             std::to_string(kCounters * 7 + kCounters / 10 * 3);
+  EXPECT_TRUE(WaitUntil([&] { return totals() == expected; }, 60s, 200ms))
+      << "rows|bytes: " << totals() << "\ncollector log tail:\n"
+      << collector_->LogTail();
+}
+
+}  // namespace
+}  // namespace boxmeter::testing

@@ -1,0 +1,88 @@
+// Test support for the end-to-end tests: the boxmeter-collector binary as a
+// child process with its own config file and log, and what it wrote to the
+// database, in the stats API's terms.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pg_server.h"
+#include "process.h"
+
+namespace boxmeter::testing {
+
+// Counter name ("user>>>alice>>>traffic>>>uplink") -> bytes.
+using CounterMap = std::map<std::string, int64_t>;
+
+class CollectorRunner {
+ public:
+  struct Settings {
+    std::string node = "e2e";
+    std::string source_address;  // host:port of the stats API
+    std::string database_url;
+    std::string poll_interval = "200ms";
+    std::string source_timeout = "2s";
+    std::string log_level = "debug";  // each poll is a line: tests count them
+  };
+
+  // Writes the config file into a TempDir; starts nothing. `binary` is the
+  // path of boxmeter-collector.
+  CollectorRunner(std::string binary, Settings settings);
+  ~CollectorRunner();  // kills a running collector
+
+  // Starts the daemon, stderr appended to log_path(). Throws if running.
+  void Start();
+  // Runs `boxmeter-collector --once` to completion (bounded by `timeout`)
+  // with the same config and log; returns its exit code.
+  int RunOnce(std::chrono::milliseconds timeout);
+
+  bool Running();
+  void Signal(int signal);
+  void Kill();  // SIGKILL: a crash, nothing is flushed
+  // Waits for the daemon to exit; its code, or nullopt if still running.
+  std::optional<int> Wait(std::chrono::milliseconds timeout);
+
+  const std::string& config_path() const { return config_path_; }
+  const std::string& log_path() const { return log_path_; }
+  std::string Log() const;
+  // The last `lines` lines of the log, for failure messages.
+  std::string LogTail(size_t lines = 40) const;
+  // How many lines of the log contain `text`.
+  size_t CountLogLines(const std::string& text) const;
+
+ private:
+  Process::Options ProcessOptions(
+      const std::vector<std::string>& extra_args) const;
+
+  std::string binary_;
+  std::unique_ptr<TempDir> dir_;
+  std::string config_path_;
+  std::string log_path_;
+  std::unique_ptr<Process> process_;
+};
+
+// What the database holds for `node`, read through the contract's views
+// (user_traffic, inbound_traffic, outbound_traffic) and named like the stats
+// API's counters. Throws if PostgreSQL does not answer.
+CounterMap TrafficInDatabase(PgServer& pg, const std::string& database,
+                             const std::string& node);
+
+// TrafficInDatabase for a database that may not answer yet: fills `*out`
+// and returns "", or returns why it failed (and clears `*out`).
+std::string TryTrafficInDatabase(PgServer& pg, const std::string& database,
+                                 const std::string& node, CounterMap* out);
+
+// `counters` without zero values: a counter that never moved may be missing
+// from either side (the collector writes only counters that changed).
+CounterMap WithoutZeros(CounterMap counters);
+
+// One line per counter where `expected` and `actual` differ, or "".
+std::string DescribeDifference(const CounterMap& expected,
+                               const CounterMap& actual);
+
+}  // namespace boxmeter::testing
