@@ -153,6 +153,7 @@ void Collector::Reload(const Config& config) {
                  std::to_string(config.source.max_message_size));
   restart_needed("database.url", RedactUrl(config_.database.url),
                  RedactUrl(config.database.url));
+  bool interval_changed = config.poll.interval != config_.poll.interval;
   config_.poll = config.poll;
   config_.source.timeout = config.source.timeout;
   config_.log = config.log;
@@ -160,6 +161,12 @@ void Collector::Reload(const Config& config) {
   config_.history = config.history;
   config_.generator = config.generator;
   SetLogLevel(config.log.level);
+  if (interval_changed && mode_ == Mode::kDaemon) {
+    // Count the new interval from now, not from a tick of the old one that
+    // may be an hour away.
+    next_poll_ = steady_clock::now();
+    SchedulePoll();
+  }
   LogInfo("reloaded {}: poll.interval {}ms, source.timeout {}ms, log.level {}",
           config.path, config_.poll.interval.count(),
           config_.source.timeout.count(), LogLevelName(config_.log.level));

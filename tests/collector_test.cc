@@ -183,6 +183,21 @@ TEST_F(CollectorTest, StatusLinesDescribeThePoll) {
   EXPECT_EQ(status->find("secret"), std::string::npos) << *status;
 }
 
+TEST_F(CollectorTest, ReloadAppliesANewIntervalAtOnce) {
+  config_.poll.interval = std::chrono::hours(1);
+  collector_ = std::make_unique<Collector>(io_, config_, source_, store_,
+                                           notifier_);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() == 1; }));
+  Config faster = config_;
+  faster.poll.interval = 10ms;
+  faster.log.level = LogLevel::kWarn;
+  collector_->Reload(faster);
+  EXPECT_TRUE(RunUntil([&] { return source_.fetches() >= 5; }));
+  EXPECT_FALSE(LogEnabled(LogLevel::kInfo));
+  SetLogLevel(LogLevel::kInfo);
+}
+
 TEST(CollectorWatchdogTest, PingsAtTheRequestedRate) {
   Config config;
   config.node = "n";
