@@ -203,7 +203,9 @@ TEST_F(ConfigTest, TheExampleFileLoads) {
   EXPECT_EQ(config.generator.output, Config().generator.output);
   EXPECT_EQ(config.generator.stats_outbounds,
             Config().generator.stats_outbounds);
-  EXPECT_EQ(config.hooks.on_users_changed, "");
+  // The systemd layout's hook (deploy/systemd/boxmeter-gen.path).
+  EXPECT_EQ(config.hooks.on_users_changed,
+            "touch /run/boxmeter/users-changed");
   EXPECT_EQ(config.hooks.timeout, Config().hooks.timeout);
   EXPECT_EQ(config.history.retention, Config().history.retention);
 }
