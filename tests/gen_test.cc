@@ -1,0 +1,474 @@
+// The boxmeter-gen binary against a throwaway PostgreSQL: which users it
+// writes (eligibility), how it writes (atomically, mode 0600, --check,
+// --stdout), and that every kind of bad input gets its exit status and a
+// message naming the row or file, with an existing output left untouched.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "pg_server.h"
+#include "process.h"
+
+namespace boxmeter::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+
+constexpr const char* kNode = "edge-1";
+
+constexpr const char* kTemplate = R"json({
+  "log": {"level": "warn"},
+  "inbounds": [{"type": "direct", "tag": "dns-in", "listen": "127.0.0.1"}],
+  "outbounds": [{"type": "direct", "tag": "direct"}],
+  "experimental": {"cache_file": {"enabled": true}}
+}
+)json";
+
+void WriteText(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  if (!out.flush()) throw std::runtime_error("cannot write " + path);
+}
+
+// What identifies a file's version: its bytes, inode and modification time.
+struct FileState {
+  std::string content;
+  ino_t inode = 0;
+  int64_t mtime_ns = 0;
+  mode_t mode = 0;
+  bool operator==(const FileState&) const = default;
+};
+
+std::optional<FileState> Stat(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return std::nullopt;
+  return FileState{ReadFile(path), st.st_ino,
+                   st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec,
+                   st.st_mode & 07777};
+}
+
+Process::Options Command(std::vector<std::string> argv,
+                         std::map<std::string, std::string> env = {}) {
+  Process::Options options;
+  options.argv = std::move(argv);
+  options.env = std::move(env);
+  return options;
+}
+
+struct GenRun {
+  int code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+class GenTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    try {
+      server_ = new PgServer();
+    } catch (const std::exception& e) {
+      server_error_ = new std::string(e.what());
+    }
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+    delete server_error_;
+    server_error_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr) << *server_error_;
+    static int databases = 0;
+    database_ = "gen_test_" + std::to_string(++databases);
+    url_ = server_->CreateDatabase(database_);
+    template_path_ = dir_.path() + "/base.json";
+    output_path_ = dir_.path() + "/config.json";
+    WriteText(template_path_, kTemplate);
+    WriteConfig();
+    std::string log;
+    ASSERT_EQ(RunCommand(Command({BOXMETER_COLLECTOR_BIN, "--config",
+                                  config_path(), "--migrate"},
+                                 CleanEnv()),
+                         60s, &log),
+              0)
+        << log;
+  }
+
+  void WriteConfig(const std::string& url = "") {
+    WriteText(config_path(), "node: " + std::string(kNode) +
+                                 "\n"
+                                 "source:\n"
+                                 "  address: 127.0.0.1:18080\n"
+                                 "database:\n"
+                                 "  url: \"" +
+                                 (url.empty() ? url_ : url) +
+                                 "\"\n"
+                                 "generator:\n"
+                                 "  template: \"" +
+                                 template_path_ +
+                                 "\"\n"
+                                 "  output: \"" +
+                                 output_path_ +
+                                 "\"\n"
+                                 "  stats_outbounds: [direct]\n");
+  }
+
+  std::string config_path() const { return dir_.path() + "/boxmeter.yaml"; }
+
+  static std::map<std::string, std::string> CleanEnv() {
+    return {{"BOXMETER_DATABASE_URL", ""},
+            {"BOXMETER_CONFIG", ""},
+            {"PGCONNECT_TIMEOUT", "5"}};
+  }
+
+  GenRun Gen(std::vector<std::string> flags = {}) {
+    std::vector<std::string> argv = {BOXMETER_GEN_BIN, "--config",
+                                     config_path()};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    GenRun run;
+    std::string out = dir_.path() + "/gen.stdout";
+    std::string err = dir_.path() + "/gen.stderr";
+    // Process appends to these; each run starts from empty files.
+    unlink(out.c_str());
+    unlink(err.c_str());
+    Process::Options options = Command(argv, CleanEnv());
+    options.stdout_path = out;
+    options.stderr_path = err;
+    run.code = RunCommand(options, 60s);
+    run.out = ReadFile(out);
+    run.err = ReadFile(err);
+    return run;
+  }
+
+  std::string Sql(const std::string& sql) {
+    return server_->Query(database_, sql);
+  }
+
+  // The standard rows: two inbounds with a few users, all eligible.
+  void InsertStandardRows() {
+    Sql(R"sql(
+      INSERT INTO users (name, uuid, password, flow) VALUES
+        ('alice', '5b0d9a4e-3c1f-4e7a-9b2d-8f6c1a3e5d70', 'alice-pw',
+         'xtls-rprx-vision'),
+        ('bob', 'c2a7e1f0-8d4b-4b69-a3e5-1f0d2c9b8a76', 'bob-pw', NULL);
+      INSERT INTO inbounds (node, tag, type, listen, listen_port, options)
+        VALUES ('edge-1', 'vless-in', 'vless', '::', 443,
+                '{"tls": {"enabled": true}}'),
+               ('edge-1', 'trojan-in', 'trojan', '0.0.0.0', 8443, '{}');
+      INSERT INTO inbound_users (inbound_id, user_id)
+        SELECT i.id, u.id FROM inbounds i, users u;
+    )sql");
+  }
+
+  // Writes a first config and returns its state.
+  FileState WriteGood() {
+    InsertStandardRows();
+    GenRun run = Gen();
+    EXPECT_EQ(run.code, 0) << run.err;
+    std::optional<FileState> state = Stat(output_path_);
+    EXPECT_TRUE(state.has_value());
+    return state.value_or(FileState{});
+  }
+
+  Json Output() { return Json::parse(ReadFile(output_path_)); }
+
+  static std::vector<std::string> UserNames(const Json& inbound) {
+    std::vector<std::string> names;
+    for (const Json& user : inbound["users"]) {
+      names.push_back(user.contains("name") ? user["name"] : user["username"]);
+    }
+    return names;
+  }
+
+  static PgServer* server_;
+  static std::string* server_error_;
+  TempDir dir_;
+  std::string database_;
+  std::string url_;
+  std::string template_path_;
+  std::string output_path_;
+};
+
+PgServer* GenTest::server_ = nullptr;
+std::string* GenTest::server_error_ = nullptr;
+
+TEST_F(GenTest, WritesOnlyEligibleUsersOfThisNodesEnabledInbounds) {
+  InsertStandardRows();
+  Sql(R"sql(
+    INSERT INTO users (name, uuid, password, enabled, expires_at, quota_bytes)
+      VALUES
+      ('disabled', gen_random_uuid(), 'pw', false, NULL, NULL),
+      ('expired', gen_random_uuid(), 'pw', true, now() - interval '1 s', NULL),
+      ('later', gen_random_uuid(), 'pw', true, now() + interval '1 day', NULL),
+      ('at-quota', gen_random_uuid(), 'pw', true, NULL, 1000),
+      ('under-quota', gen_random_uuid(), 'pw', true, NULL, 1001),
+      ('zero-quota', gen_random_uuid(), 'pw', true, NULL, 0);
+    INSERT INTO inbound_users (inbound_id, user_id)
+      SELECT i.id, u.id FROM inbounds i, users u
+       WHERE i.tag = 'vless-in' AND u.name NOT IN ('alice', 'bob');
+    -- Usage counts over all nodes: 600 here and 400 on another node.
+    INSERT INTO nodes (name) VALUES ('edge-1'), ('edge-2');
+    INSERT INTO counters (node, kind, name, uplink, downlink, instance_start)
+      VALUES ('edge-1', 'user', 'at-quota', 100, 500, now()),
+             ('edge-2', 'user', 'at-quota', 300, 100, now()),
+             ('edge-1', 'user', 'under-quota', 500, 500, now()),
+             ('edge-1', 'inbound', 'at-quota', 99999, 99999, now());
+    -- Inbounds the node must not get: disabled, or another node's.
+    INSERT INTO inbounds (node, tag, type, enabled)
+      VALUES ('edge-1', 'off-in', 'vless', false),
+             ('edge-2', 'other-in', 'vless', true);
+    INSERT INTO users (name, uuid) VALUES ('only-elsewhere', gen_random_uuid());
+    INSERT INTO inbound_users (inbound_id, user_id)
+      SELECT i.id, u.id FROM inbounds i, users u
+       WHERE i.tag IN ('off-in', 'other-in') AND u.name = 'only-elsewhere';
+  )sql");
+
+  GenRun run = Gen();
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_THAT(run.err,
+              HasSubstr("wrote " + output_path_ + ": 2 inbound(s), 4 user(s)"));
+  Json config = Output();
+  ASSERT_EQ(config["inbounds"].size(), 3u) << config.dump(2);
+  EXPECT_EQ(config["inbounds"][0]["tag"], "dns-in");
+  EXPECT_EQ(config["inbounds"][1]["tag"], "trojan-in");
+  EXPECT_EQ(config["inbounds"][2]["tag"], "vless-in");
+  EXPECT_EQ(UserNames(config["inbounds"][1]),
+            (std::vector<std::string>{"alice", "bob"}));
+  EXPECT_EQ(UserNames(config["inbounds"][2]),
+            (std::vector<std::string>{"alice", "bob", "later", "under-quota"}));
+  EXPECT_EQ(config["inbounds"][2]["tls"], Json::parse(R"({"enabled": true})"));
+  EXPECT_EQ(config["inbounds"][2]["users"][0],
+            Json::parse(R"({"name": "alice", "flow": "xtls-rprx-vision",
+                            "uuid": "5b0d9a4e-3c1f-4e7a-9b2d-8f6c1a3e5d70"})"));
+  EXPECT_EQ(config["inbounds"][1]["users"][1],
+            Json::parse(R"({"name": "bob", "password": "bob-pw"})"));
+  const Json& api = config["experimental"]["v2ray_api"];
+  EXPECT_EQ(api["listen"], "127.0.0.1:18080");
+  EXPECT_EQ(api["stats"]["inbounds"],
+            Json::parse(R"(["trojan-in", "vless-in"])"));
+  EXPECT_EQ(api["stats"]["outbounds"], Json::parse(R"(["direct"])"));
+  EXPECT_EQ(api["stats"]["users"],
+            Json::parse(R"(["alice", "bob", "later", "under-quota"])"));
+  EXPECT_EQ(config["experimental"]["cache_file"],
+            Json::parse(R"({"enabled": true})"));
+}
+
+TEST_F(GenTest, WritesMode0600AndCheckTellsWhetherTheFileIsUpToDate) {
+  InsertStandardRows();
+  GenRun check = Gen({"--check"});
+  EXPECT_EQ(check.code, 1) << check.err;
+  EXPECT_THAT(check.err, HasSubstr("would change"));
+  EXPECT_FALSE(Stat(output_path_)) << "--check writes nothing";
+
+  WriteText(output_path_, "old\n");
+  chmod(output_path_.c_str(), 0644);
+  ASSERT_EQ(Gen().code, 0);
+  std::optional<FileState> written = Stat(output_path_);
+  ASSERT_TRUE(written);
+  EXPECT_EQ(written->mode, 0600u) << "the config holds credentials";
+
+  check = Gen({"--check"});
+  EXPECT_EQ(check.code, 0) << check.err;
+  EXPECT_THAT(check.err, HasSubstr("is up to date"));
+
+  // An operator disables bob: the file is now stale, and --check leaves it.
+  Sql("UPDATE users SET enabled = false WHERE name = 'bob'");
+  check = Gen({"--check"});
+  EXPECT_EQ(check.code, 1);
+  EXPECT_EQ(Stat(output_path_), written);
+  ASSERT_EQ(Gen().code, 0);
+  EXPECT_THAT(ReadFile(output_path_), Not(HasSubstr("bob")));
+  EXPECT_EQ(Gen({"--check"}).code, 0);
+}
+
+TEST_F(GenTest, SameDatabaseGivesTheSameBytesAndStdoutWritesNothing) {
+  InsertStandardRows();
+  GenRun printed = Gen({"--stdout"});
+  ASSERT_EQ(printed.code, 0) << printed.err;
+  EXPECT_FALSE(Stat(output_path_)) << "--stdout writes no file";
+  ASSERT_EQ(Gen().code, 0);
+  EXPECT_EQ(ReadFile(output_path_), printed.out);
+  // Rows inserted in a different order (new ids) give the same bytes.
+  Sql("DELETE FROM inbound_users; DELETE FROM inbounds; DELETE FROM users;");
+  Sql(R"sql(
+    INSERT INTO inbounds (node, tag, type, listen, listen_port, options)
+      VALUES ('edge-1', 'trojan-in', 'trojan', '0.0.0.0', 8443, '{}'),
+             ('edge-1', 'vless-in', 'vless', '::', 443,
+              '{"tls": {"enabled": true}}');
+    INSERT INTO users (name, uuid, password, flow) VALUES
+      ('bob', 'c2a7e1f0-8d4b-4b69-a3e5-1f0d2c9b8a76', 'bob-pw', NULL),
+      ('alice', '5b0d9a4e-3c1f-4e7a-9b2d-8f6c1a3e5d70', 'alice-pw',
+       'xtls-rprx-vision');
+    INSERT INTO inbound_users (inbound_id, user_id)
+      SELECT i.id, u.id FROM inbounds i, users u ORDER BY u.name DESC;
+  )sql");
+  EXPECT_EQ(Gen({"--stdout"}).out, printed.out);
+  EXPECT_EQ(Gen({"--check"}).code, 0);
+}
+
+// --- Bad input: its exit status and message, and the file untouched. ---
+
+class GenBadInputTest : public GenTest {
+ protected:
+  void SetUp() override {
+    GenTest::SetUp();
+    if (HasFatalFailure()) return;
+    before_ = WriteGood();
+  }
+
+  // Runs boxmeter-gen, expects `code` and every fragment in its stderr, and
+  // that the output file is exactly as before.
+  void ExpectRejected(int code, const std::vector<std::string>& fragments) {
+    GenRun run = Gen();
+    EXPECT_EQ(run.code, code) << run.err;
+    for (const std::string& fragment : fragments) {
+      EXPECT_THAT(run.err, HasSubstr(fragment));
+    }
+    EXPECT_THAT(run.err, HasSubstr("nothing written"));
+    EXPECT_EQ(Stat(output_path_), before_) << "the output was touched";
+    EXPECT_TRUE(run.out.empty());
+  }
+
+  FileState before_;
+};
+
+TEST_F(GenBadInputTest, VlessUserWithoutUuid) {
+  Sql("UPDATE users SET uuid = NULL WHERE name = 'bob'");
+  ExpectRejected(EX_DATAERR, {"inbound 'vless-in' (type vless): user 'bob' "
+                              "has no uuid"});
+}
+
+TEST_F(GenBadInputTest, TrojanUserWithoutPassword) {
+  Sql("UPDATE users SET password = NULL WHERE name = 'alice'");
+  ExpectRejected(EX_DATAERR, {"inbound 'trojan-in' (type trojan): user "
+                              "'alice' has no password"});
+}
+
+TEST_F(GenBadInputTest, UnknownInboundType) {
+  Sql("UPDATE inbounds SET type = 'vlesss' WHERE tag = 'vless-in'");
+  ExpectRejected(EX_DATAERR, {"inbound 'vless-in': type 'vlesss'"});
+}
+
+TEST_F(GenBadInputTest, InboundTagAlsoInTheTemplate) {
+  Sql("UPDATE inbounds SET tag = 'dns-in' WHERE tag = 'vless-in'");
+  ExpectRejected(EX_DATAERR,
+                 {"inbound 'dns-in' is defined both in template " +
+                  template_path_ + " (inbounds[0]) and in the database"});
+}
+
+TEST_F(GenBadInputTest, OptionsThatSetUsers) {
+  Sql("UPDATE inbounds SET options = '{\"users\": []}' WHERE tag = "
+      "'trojan-in'");
+  ExpectRejected(EX_DATAERR, {"inbound 'trojan-in': options set \"users\""});
+}
+
+TEST_F(GenBadInputTest, TemplateNotAJsonObject) {
+  WriteText(template_path_, "[]\n");
+  ExpectRejected(EX_DATAERR, {"template " + template_path_ +
+                              ": the top level is an array"});
+}
+
+TEST_F(GenBadInputTest, TemplateNotJson) {
+  WriteText(template_path_, "{\"log\": \n");
+  ExpectRejected(EX_DATAERR,
+                 {"template " + template_path_ + " is not valid JSON"});
+}
+
+TEST_F(GenBadInputTest, TemplateUnreadable) {
+  template_path_ = dir_.path() + "/missing.json";
+  WriteConfig();
+  ExpectRejected(EX_NOINPUT, {"cannot read the template", "missing.json"});
+}
+
+TEST_F(GenBadInputTest, DatabaseUnavailable) {
+  WriteConfig("postgresql://postgres:secret@127.0.0.1:" +
+              std::to_string(FreePort()) + "/nowhere");
+  GenRun run = Gen();
+  EXPECT_THAT(run.err, Not(HasSubstr("secret")));
+  ExpectRejected(EX_UNAVAILABLE, {"connection lost or refused"});
+}
+
+TEST_F(GenBadInputTest, SchemaNotMigrated) {
+  WriteConfig(server_->CreateDatabase(database_ + "_empty"));
+  ExpectRejected(EX_UNAVAILABLE, {"boxmeter-collector --migrate"});
+}
+
+TEST_F(GenBadInputTest, ConfigInvalid) {
+  WriteText(config_path(), "node: edge-1\nsource: {}\n");
+  ExpectRejected(EX_CONFIG, {"source.address"});
+}
+
+TEST(GenUsageTest, BadFlagsAreUsageErrors) {
+  std::string out;
+  EXPECT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--frobnicate"}), 10s, &out),
+            EX_USAGE);
+  EXPECT_THAT(out, HasSubstr("--frobnicate"));
+  out.clear();
+  EXPECT_EQ(
+      RunCommand(Command({BOXMETER_GEN_BIN, "--stdout", "--check"}), 10s, &out),
+      EX_USAGE);
+  EXPECT_THAT(out, HasSubstr("exclude each other"));
+}
+
+TEST(GenUsageTest, HelpDocumentsEveryExitStatus) {
+  std::string out;
+  ASSERT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--help"}), 10s, &out), 0);
+  for (const char* code :
+       {"  0 ", "  1 ", "  64 ", "  65 ", "  66 ", "  69 ", "  73 ", "  78 "}) {
+    EXPECT_THAT(out, HasSubstr(code));
+  }
+  out.clear();
+  ASSERT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--version"}), 10s, &out), 0);
+  EXPECT_THAT(out, HasSubstr("boxmeter-gen "));
+}
+
+// Output problems: a path that cannot become a file. The file system is
+// checked to be untouched (no temporary file left behind).
+TEST_F(GenTest, OutputUnwritableWritesNothing) {
+  InsertStandardRows();
+  std::string blocker = dir_.path() + "/not-a-dir";
+  WriteText(blocker, "a file, not a directory\n");
+  for (const std::string& output :
+       {blocker + "/config.json", dir_.path() + "/a-directory"}) {
+    mkdir((dir_.path() + "/a-directory").c_str(), 0755);
+    output_path_ = output;
+    WriteConfig();
+    GenRun run = Gen();
+    EXPECT_EQ(run.code, EX_CANTCREAT) << output;
+    EXPECT_THAT(run.err, HasSubstr("cannot write " + output));
+    EXPECT_THAT(run.err, HasSubstr("generator.output"));
+  }
+  struct stat st;
+  ASSERT_EQ(stat((dir_.path() + "/a-directory").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  std::string listing;
+  RunCommand(Command({"/bin/ls", "-A", dir_.path()}), 10s, &listing);
+  EXPECT_THAT(listing, Not(HasSubstr(".tmp-"))) << listing;
+}
+
+TEST_F(GenTest, SymlinkedOutputReplacesItsTarget) {
+  InsertStandardRows();
+  std::string real = dir_.path() + "/real.json";
+  WriteText(real, "old\n");
+  ASSERT_EQ(symlink(real.c_str(), output_path_.c_str()), 0);
+  ASSERT_EQ(Gen().code, 0);
+  struct stat st;
+  ASSERT_EQ(lstat(output_path_.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode)) << "the link stays a link";
+  EXPECT_THAT(ReadFile(real), HasSubstr("vless-in"));
+}
+
+}  // namespace
+}  // namespace boxmeter::testing
