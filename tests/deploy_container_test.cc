@@ -1,0 +1,728 @@
+// Deploy, with containers: the Dockerfile, the compose file and the
+// Kubernetes example, checked without a container engine (none runs in CI):
+// the build stage runs the very scripts CI runs, the runtime stage's package
+// list covers every shared library the binaries load, the compose file keeps
+// the stats API inside sing-box's network namespace, every config in them is
+// one the binaries accept, and the two scripts the image adds (the health
+// check and the users-changed hook) do what they say, run here for real.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "process.h"
+
+namespace boxmeter::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using Json = nlohmann::json;
+
+const std::string kSourceDir = BOXMETER_SOURCE_DIR;
+const std::string kDockerDir = kSourceDir + "/deploy/docker";
+
+std::string Source(const std::string& relative) {
+  std::string text = ReadFile(kSourceDir + "/" + relative);
+  if (text.empty()) throw std::runtime_error("cannot read " + relative);
+  return text;
+}
+
+struct CommandResult {
+  int code;
+  std::string output;
+};
+
+CommandResult RunProgram(const std::vector<std::string>& argv,
+                         std::map<std::string, std::string> env = {},
+                         std::chrono::milliseconds timeout = 60s) {
+  Process::Options options;
+  options.argv = argv;
+  options.env = std::move(env);
+  CommandResult result;
+  result.code = RunCommand(options, timeout, &result.output);
+  return result;
+}
+
+bool Has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// --- The Dockerfile, read as Docker reads it ---------------------------------
+
+struct Instruction {
+  std::string keyword;  // upper case: FROM, RUN, COPY, ...
+  std::string args;     // the rest, continuation lines joined
+};
+
+struct Stage {
+  std::string base;  // FROM's image
+  std::vector<Instruction> instructions;
+
+  std::vector<std::string> All(const std::string& keyword) const {
+    std::vector<std::string> args;
+    for (const Instruction& i : instructions) {
+      if (i.keyword == keyword) args.push_back(i.args);
+    }
+    return args;
+  }
+  std::string Joined(const std::string& keyword) const {
+    std::string text;
+    for (const std::string& args : All(keyword)) text += args + "\n";
+    return text;
+  }
+};
+
+// Stages by name (FROM ... AS name), in a Dockerfile without parser
+// directives beyond `# syntax`.
+std::map<std::string, Stage> ParseDockerfile(const std::string& text) {
+  std::map<std::string, Stage> stages;
+  Stage* current = nullptr;
+  std::istringstream in(text);
+  std::string line;
+  std::string logical;
+  auto flush = [&] {
+    static const std::regex kInstruction(R"(^\s*([A-Za-z]+)\s+(.*)$)");
+    std::smatch match;
+    if (!std::regex_match(logical, match, kInstruction)) {
+      logical.clear();
+      return;
+    }
+    std::string keyword = match[1];
+    std::transform(keyword.begin(), keyword.end(), keyword.begin(), ::toupper);
+    std::string args = match[2];
+    logical.clear();
+    if (keyword == "FROM") {
+      static const std::regex kFrom(R"(^(\S+)\s+[Aa][Ss]\s+(\S+)\s*$)");
+      std::smatch from;
+      if (!std::regex_match(args, from, kFrom)) {
+        throw std::runtime_error("a FROM without AS: " + args);
+      }
+      current = &stages[from[2]];
+      current->base = from[1];
+      return;
+    }
+    if (current == nullptr) throw std::runtime_error(keyword + " before FROM");
+    current->instructions.push_back({keyword, args});
+  };
+  while (std::getline(in, line)) {
+    std::string trimmed = std::regex_replace(line, std::regex(R"(^\s+)"), "");
+    if (trimmed.starts_with("#")) continue;  // comments, also inside RUN
+    if (!line.empty() && line.back() == '\\') {
+      line.pop_back();
+      logical += line + " ";
+      continue;
+    }
+    logical += line;
+    flush();
+  }
+  flush();
+  return stages;
+}
+
+class DockerfileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    stages_ = ParseDockerfile(Source("deploy/docker/Dockerfile"));
+    for (std::string name :
+         {"build", "boxmeter", "sing-box-build", "sing-box"}) {
+      ASSERT_EQ(stages_.count(name), 1u) << "no stage " << name;
+    }
+  }
+  const Stage& stage(const std::string& name) { return stages_.at(name); }
+
+  std::map<std::string, Stage> stages_;
+};
+
+// CI (.ci/run) installs with scripts/install-deps.sh and builds with
+// scripts/build.sh (through scripts/test.sh); the image's build stage runs
+// the same two scripts, so CI exercises what the image does.
+TEST_F(DockerfileTest, BuildStageRunsTheScriptsCiRuns) {
+  const Stage& build = stage("build");
+  EXPECT_EQ(build.base, "debian:12");
+  std::string runs = build.Joined("RUN");
+  EXPECT_TRUE(Has(runs, "scripts/install-deps.sh build")) << runs;
+  EXPECT_TRUE(Has(runs, "scripts/build.sh")) << runs;
+  EXPECT_TRUE(Has(runs, "cmake --install")) << runs;
+
+  std::string ci = Source(".ci/run");
+  EXPECT_TRUE(Has(ci, "scripts/install-deps.sh")) << ci;
+  EXPECT_TRUE(Has(ci, "scripts/test.sh")) << ci;
+  EXPECT_TRUE(Has(Source("scripts/test.sh"), "scripts/build.sh"));
+}
+
+// The image builds with options CI does not use (no tests): configure this
+// source tree with exactly the options the build stage gives scripts/build.sh
+// (configuring is the step those options can break).
+TEST_F(DockerfileTest, BuildStageOptionsConfigure) {
+  std::string runs = stage("build").Joined("RUN");
+  std::smatch match;
+  ASSERT_TRUE(std::regex_search(
+      runs, match, std::regex(R"(scripts/build\.sh((?:\s+-D\S+)+))")))
+      << runs;
+  std::vector<std::string> argv = {
+      BOXMETER_CMAKE_COMMAND, "-S", kSourceDir, "-B", "", "-G", "Ninja"};
+  TempDir build;
+  argv[4] = build.path();
+  std::istringstream options(match[1].str());
+  for (std::string option; options >> option;) argv.push_back(option);
+  CommandResult result = RunProgram(argv, {}, 120s);
+  EXPECT_EQ(result.code, 0) << result.output;
+  EXPECT_TRUE(Has(ReadFile(build.path() + "/CMakeCache.txt"),
+                  "BOXMETER_TESTS:BOOL=OFF"));
+}
+
+TEST_F(DockerfileTest, RuntimeStageHasOnlyRuntimePackagesAndNoRoot) {
+  const Stage& runtime = stage("boxmeter");
+  EXPECT_EQ(runtime.base, "debian:12-slim");
+  std::string runs = runtime.Joined("RUN");
+  EXPECT_TRUE(Has(runs, "install-deps.sh runtime")) << runs;
+  EXPECT_FALSE(Has(runs, "install-deps.sh build")) << runs;
+  EXPECT_FALSE(Has(runs, "install-deps.sh test")) << runs;
+  EXPECT_FALSE(Has(runs, "apt-get install")) << "packages come from the "
+                                                "script's runtime list only";
+
+  std::vector<std::string> users = runtime.All("USER");
+  ASSERT_EQ(users.size(), 1u);
+  std::string user = users[0].substr(0, users[0].find(':'));
+  EXPECT_NE(user, "root");
+  EXPECT_NE(user, "0");
+
+  EXPECT_EQ(runtime.All("STOPSIGNAL"), std::vector<std::string>{"SIGTERM"});
+  EXPECT_TRUE(Has(runtime.Joined("ENTRYPOINT"), "boxmeter-collector"));
+  EXPECT_TRUE(Has(runtime.Joined("COPY"), "--from=build"));
+
+  // The health check runs the script the image copies in, which reads the
+  // file the image tells the collector to write.
+  std::vector<std::string> checks = runtime.All("HEALTHCHECK");
+  ASSERT_EQ(checks.size(), 1u);
+  EXPECT_TRUE(Has(checks[0], "/usr/local/bin/boxmeter-healthcheck"))
+      << checks[0];
+  EXPECT_TRUE(Has(runtime.Joined("COPY"),
+                  "deploy/docker/healthcheck.sh "
+                  "/usr/local/bin/boxmeter-healthcheck"));
+  EXPECT_TRUE(Has(runtime.Joined("ENV"), "BOXMETER_HEALTH_FILE="));
+}
+
+TEST_F(DockerfileTest, SingBoxIsAPinnedReleaseBuiltWithTheV2rayApi) {
+  const Stage& build = stage("sing-box-build");
+  EXPECT_TRUE(build.base.starts_with("golang:")) << build.base;
+  std::string args = build.Joined("ARG");
+  std::smatch match;
+  ASSERT_TRUE(std::regex_search(
+      args, match, std::regex(R"(SING_BOX_VERSION=v\d+\.\d+\.\d+\b)")))
+      << "a release tag, not a branch: " << args;
+  EXPECT_TRUE(
+      std::regex_search(args, std::regex(R"(SING_BOX_COMMIT=[0-9a-f]{40}\b)")))
+      << "the tag's commit, so a moved tag fails the build: " << args;
+  std::string runs = build.Joined("RUN");
+  EXPECT_TRUE(Has(runs, "rev-parse HEAD")) << runs;
+  EXPECT_TRUE(Has(runs, ",with_v2ray_api")) << runs;
+  EXPECT_TRUE(Has(runs, "grep -q with_v2ray_api"))
+      << "the build checks the tag made it into the binary";
+
+  const Stage& run = stage("sing-box");
+  EXPECT_TRUE(Has(run.Joined("COPY"), "--from=sing-box-build"));
+  EXPECT_EQ(run.All("STOPSIGNAL"), std::vector<std::string>{"SIGTERM"});
+  // The same uid as the boxmeter image: the collector's hook signals
+  // sing-box, and both use the generated config.
+  EXPECT_EQ(run.All("USER"), stage("boxmeter").All("USER"));
+}
+
+// Every file COPY takes from the build context exists, with its mode.
+TEST_F(DockerfileTest, CopiedFilesExist) {
+  for (const auto& [name, s] : stages_) {
+    for (const std::string& args : s.All("COPY")) {
+      if (Has(args, "--from=")) continue;
+      std::istringstream words(args);
+      std::vector<std::string> parts;
+      for (std::string word; words >> word;) parts.push_back(word);
+      ASSERT_GE(parts.size(), 2u) << args;
+      for (size_t i = 0; i + 1 < parts.size(); ++i) {
+        if (parts[i] == ".") continue;
+        EXPECT_TRUE(fs::exists(kSourceDir + "/" + parts[i]))
+            << name << ": " << parts[i];
+        if (parts[i].ends_with(".sh")) {
+          EXPECT_EQ(access((kSourceDir + "/" + parts[i]).c_str(), X_OK), 0)
+              << parts[i] << " must be executable (COPY keeps the mode)";
+        }
+      }
+    }
+  }
+}
+
+// --- The runtime packages cover the binaries ---------------------------------
+
+// The words of `name=( ... )` in scripts/install-deps.sh, without comments.
+std::vector<std::string> PackageList(const std::string& name) {
+  std::string script = Source("scripts/install-deps.sh");
+  size_t begin = script.find(name + "=(");
+  if (begin == std::string::npos) {
+    throw std::runtime_error("no " + name + " in install-deps.sh");
+  }
+  size_t end = script.find(')', begin);
+  std::istringstream lines(
+      script.substr(begin + name.size() + 2, end - begin - name.size() - 2));
+  std::vector<std::string> packages;
+  for (std::string line; std::getline(lines, line);) {
+    line = line.substr(0, line.find('#'));
+    std::istringstream words(line);
+    for (std::string word; words >> word;) packages.push_back(word);
+  }
+  return packages;
+}
+
+// The installed packages `roots` need, by Depends and Pre-Depends, with
+// `roots` themselves. The first alternative of an "a | b" is followed, as apt
+// would install it; virtual names that no installed package has are skipped.
+std::set<std::string> DependencyClosure(const std::vector<std::string>& roots) {
+  std::set<std::string> seen;
+  std::vector<std::string> next(roots.begin(), roots.end());
+  while (!next.empty()) {
+    std::vector<std::string> argv = {
+        "dpkg-query", "-W", "-f=${Package}\t${Depends}, ${Pre-Depends}\n"};
+    for (const std::string& p : next) {
+      if (seen.insert(p).second) argv.push_back(p);
+    }
+    next.clear();
+    if (argv.size() == 3) break;
+    CommandResult result = RunProgram(argv);  // non-zero when a name is virtual
+    std::istringstream lines(result.output);
+    for (std::string line; std::getline(lines, line);) {
+      size_t tab = line.find('\t');
+      if (tab == std::string::npos) continue;
+      std::istringstream deps(line.substr(tab + 1));
+      for (std::string dep; std::getline(deps, dep, ',');) {
+        dep = dep.substr(0, dep.find('|'));
+        static const std::regex kName(R"(^\s*([a-z0-9][a-z0-9+.-]*))");
+        std::smatch match;
+        if (std::regex_search(dep, match, kName)) next.push_back(match[1]);
+      }
+    }
+  }
+  return seen;
+}
+
+// The shared libraries `binary` loads, as absolute paths.
+std::vector<std::string> SharedLibraries(const std::string& binary) {
+  CommandResult result = RunProgram({"ldd", binary});
+  if (result.code != 0) throw std::runtime_error("ldd: " + result.output);
+  std::vector<std::string> paths;
+  static const std::regex kPath(R"((/\S+) \(0x)");
+  for (std::sregex_iterator
+           it(result.output.begin(), result.output.end(), kPath),
+       end;
+       it != end; ++it) {
+    paths.push_back((*it)[1]);
+  }
+  return paths;
+}
+
+// Path -> owning package, for each path (or its /usr twin: /lib is a link to
+// /usr/lib on Debian 12, and dpkg knows only the name it shipped).
+std::map<std::string, std::string> Owners(
+    const std::vector<std::string>& paths) {
+  std::vector<std::string> argv = {"dpkg-query", "-S"};
+  std::map<std::string, std::string> twin_of;
+  for (const std::string& path : paths) {
+    std::string twin =
+        path.starts_with("/usr/") ? path.substr(4) : "/usr" + path;
+    argv.push_back(path);
+    argv.push_back(twin);
+    twin_of[twin] = path;
+  }
+  CommandResult result = RunProgram(argv);  // non-zero: some twins are unknown
+  std::map<std::string, std::string> owners;
+  std::istringstream lines(result.output);
+  static const std::regex kOwner(R"(^([a-z0-9][a-z0-9+.-]*)(:\w+)?: (/\S+)$)");
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch match;
+    if (!std::regex_match(line, match, kOwner)) continue;
+    std::string path = match[3];
+    if (twin_of.count(path)) path = twin_of[path];
+    owners[path] = match[1];
+  }
+  return owners;
+}
+
+TEST(RuntimePackages, CoverEverySharedLibraryOfTheBinaries) {
+  std::vector<std::string> runtime = PackageList("runtime_packages");
+  ASSERT_FALSE(runtime.empty());
+  for (const std::string& package : runtime) {
+    EXPECT_FALSE(package.ends_with("-dev")) << package;
+  }
+  std::set<std::string> closure = DependencyClosure(runtime);
+  for (const std::string& binary :
+       {std::string(BOXMETER_COLLECTOR_BIN), std::string(BOXMETER_GEN_BIN)}) {
+    std::vector<std::string> libraries = SharedLibraries(binary);
+    ASSERT_GT(libraries.size(), 5u) << binary;
+    std::map<std::string, std::string> owners = Owners(libraries);
+    for (const std::string& library : libraries) {
+      ASSERT_EQ(owners.count(library), 1u)
+          << library << " (loaded by " << binary
+          << ") belongs to no installed package";
+      EXPECT_EQ(closure.count(owners[library]), 1u)
+          << fs::path(binary).filename().string() << " loads " << library
+          << " from " << owners[library]
+          << ", which scripts/install-deps.sh runtime does not install (nor "
+             "anything it depends on): add it to runtime_packages";
+    }
+  }
+}
+
+// --- The compose file --------------------------------------------------------
+
+// yaml-cpp does not apply YAML merge keys (<<: *anchor); compose does.
+YAML::Node Merged(const YAML::Node& node) {
+  if (!node.IsMap()) return node;
+  YAML::Node merged(YAML::NodeType::Map);
+  for (const auto& entry : node) {
+    if (entry.first.as<std::string>() != "<<") {
+      merged[entry.first.as<std::string>()] = entry.second;
+    }
+  }
+  if (node["<<"]) {
+    for (const auto& entry : node["<<"]) {
+      std::string key = entry.first.as<std::string>();
+      if (!merged[key]) merged[key] = entry.second;
+    }
+  }
+  return merged;
+}
+
+class ComposeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    compose_ = YAML::LoadFile(kDockerDir + "/compose.yaml");
+    ASSERT_TRUE(compose_["services"].IsMap());
+  }
+  YAML::Node Service(const std::string& name) {
+    YAML::Node service = compose_["services"][name];
+    if (!service) throw std::runtime_error("no service " + name);
+    return Merged(service);
+  }
+  // The host file mounted at `target` in `service`, or "".
+  std::string MountSource(const YAML::Node& service,
+                          const std::string& target) {
+    for (const auto& volume : service["volumes"]) {
+      std::string spec = volume.as<std::string>();
+      std::vector<std::string> parts;
+      std::istringstream in(spec);
+      for (std::string part; std::getline(in, part, ':');) {
+        parts.push_back(part);
+      }
+      if (parts.size() >= 2 && parts[1] == target) return parts[0];
+    }
+    return "";
+  }
+
+  YAML::Node compose_;
+};
+
+TEST_F(ComposeTest, CollectorLivesInSingBoxsNamespaces) {
+  YAML::Node collector = Service("collector");
+  // The stats API on 127.0.0.1 is reachable from the collector and from
+  // nothing outside sing-box's network namespace.
+  EXPECT_EQ(collector["network_mode"].as<std::string>(), "service:sing-box");
+  // The hook signals sing-box after regenerating its config.
+  EXPECT_EQ(collector["pid"].as<std::string>(), "service:sing-box");
+  EXPECT_FALSE(collector["ports"]) << "the collector listens on nothing";
+  EXPECT_TRUE(collector["read_only"].as<bool>());
+  EXPECT_EQ(collector["cap_drop"][0].as<std::string>(), "ALL");
+}
+
+TEST_F(ComposeTest, ImagesAreTheDockerfilesTargets) {
+  std::string dockerfile = Source("deploy/docker/Dockerfile");
+  std::map<std::string, Stage> stages = ParseDockerfile(dockerfile);
+  for (const auto& [service, target] :
+       std::map<std::string, std::string>{{"collector", "boxmeter"},
+                                          {"init", "boxmeter"},
+                                          {"sing-box", "sing-box"}}) {
+    YAML::Node build = Service(service)["build"];
+    ASSERT_TRUE(build) << service;
+    EXPECT_EQ(build["target"].as<std::string>(), target) << service;
+    EXPECT_EQ(stages.count(target), 1u) << target;
+    fs::path context =
+        fs::path(kDockerDir) / build["context"].as<std::string>();
+    EXPECT_TRUE(fs::equivalent(context, kSourceDir)) << context;
+    EXPECT_TRUE(fs::exists(context / build["dockerfile"].as<std::string>()));
+  }
+  // The sing-box image is tagged with the version the Dockerfile pins.
+  std::smatch match;
+  std::string args = stages.at("sing-box-build").Joined("ARG");
+  ASSERT_TRUE(
+      std::regex_search(args, match, std::regex(R"(SING_BOX_VERSION=v(\S+))")));
+  EXPECT_EQ(Service("sing-box")["image"].as<std::string>(),
+            "sing-box-v2ray-api:" + match[1].str());
+}
+
+// The config the compose file mounts is one the binaries accept, and it
+// agrees with the compose file: loopback API, the shared config volume, the
+// hook the image installs.
+TEST_F(ComposeTest, MountedConfigMatchesTheComposeFile) {
+  YAML::Node collector = Service("collector");
+  std::string mounted = MountSource(collector, "/etc/boxmeter/boxmeter.yaml");
+  ASSERT_FALSE(mounted.empty());
+  std::string path = (fs::path(kDockerDir) / mounted).string();
+  Config config;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(LoadConfig(path, {}, &config, &errors))
+      << ::testing::PrintToString(errors);
+
+  EXPECT_TRUE(config.source.address.starts_with("127.0.0.1:"))
+      << config.source.address;
+  EXPECT_EQ(config.database.url.find("password"), std::string::npos);
+  // generator.output is on the volume sing-box reads, and the template is
+  // mounted where generator.template says.
+  std::string output_dir = fs::path(config.generator.output).parent_path();
+  std::string volume = MountSource(collector, output_dir);
+  ASSERT_FALSE(volume.empty()) << output_dir << " is not a volume";
+  EXPECT_EQ(MountSource(Service("sing-box"), output_dir), volume);
+  EXPECT_FALSE(MountSource(collector, config.generator.template_path).empty());
+
+  // The hook is the script the image installs under that name.
+  EXPECT_EQ(config.hooks.on_users_changed, "boxmeter-regenerate");
+  EXPECT_TRUE(Has(Source("deploy/docker/Dockerfile"),
+                  "deploy/docker/regenerate.sh "
+                  "/usr/local/bin/boxmeter-regenerate"));
+
+  // Enough time to stop for the last poll and commit.
+  std::string grace = collector["stop_grace_period"].as<std::string>();
+  ASSERT_TRUE(grace.ends_with("s")) << grace;
+  EXPECT_GT(std::stoi(grace), std::chrono::duration_cast<std::chrono::seconds>(
+                                  config.source.timeout * 3)
+                                      .count() +
+                                  10);
+}
+
+TEST_F(ComposeTest, StartsInOrder) {
+  // The schema and sing-box's first config exist before sing-box starts.
+  EXPECT_EQ(
+      Service("init")["depends_on"]["postgres"]["condition"].as<std::string>(),
+      "service_healthy");
+  EXPECT_EQ(
+      Service("sing-box")["depends_on"]["init"]["condition"].as<std::string>(),
+      "service_completed_successfully");
+  std::string init = Service("init")["entrypoint"][2].as<std::string>();
+  EXPECT_EQ(init, "boxmeter-collector --migrate && boxmeter-gen");
+}
+
+// --- The Kubernetes example --------------------------------------------------
+
+TEST(Kubernetes, SidecarPodSharesWhatTheHookNeeds) {
+  std::vector<YAML::Node> documents = YAML::LoadAllFromFile(
+      kSourceDir + "/deploy/k8s/sing-box-with-boxmeter.yaml");
+  YAML::Node config_map;
+  YAML::Node deployment;
+  for (const YAML::Node& document : documents) {
+    std::string kind = document["kind"].as<std::string>();
+    if (kind == "ConfigMap") config_map = document;
+    if (kind == "Deployment") deployment = document;
+  }
+  ASSERT_TRUE(config_map);
+  ASSERT_TRUE(deployment);
+
+  YAML::Node pod = deployment["spec"]["template"]["spec"];
+  EXPECT_TRUE(pod["shareProcessNamespace"].as<bool>());
+  EXPECT_TRUE(pod["securityContext"]["runAsNonRoot"].as<bool>());
+  std::set<std::string> names;
+  for (const auto& container : pod["containers"]) {
+    names.insert(container["name"].as<std::string>());
+    EXPECT_FALSE(
+        container["securityContext"]["allowPrivilegeEscalation"].as<bool>());
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"sing-box", "boxmeter-collector"}));
+
+  // The config in the ConfigMap is one the collector accepts.
+  TempDir dir;
+  std::string path = dir.path() + "/boxmeter.yaml";
+  std::ofstream(path) << config_map["data"]["boxmeter.yaml"].as<std::string>();
+  Config config;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(LoadConfig(path, {}, &config, &errors))
+      << ::testing::PrintToString(errors);
+  EXPECT_TRUE(config.source.address.starts_with("127.0.0.1:"));
+  EXPECT_EQ(config.hooks.on_users_changed, "boxmeter-regenerate");
+  // Its template is the repository's base template.
+  EXPECT_EQ(
+      Json::parse(config_map["data"]["sing-box.base.json"].as<std::string>()),
+      Json::parse(Source("deploy/sing-box.base.json")));
+}
+
+// --- The base template
+// ---------------------------------------------------------
+
+TEST(BaseTemplate, IsWhatBoxmeterGenExtends) {
+  Json base = Json::parse(Source("deploy/sing-box.base.json"));
+  ASSERT_TRUE(base.is_object());
+  // boxmeter-gen adds the inbounds and experimental.v2ray_api.
+  EXPECT_EQ(base["inbounds"], Json::array());
+  EXPECT_FALSE(base.contains("experimental"));
+  // Every outbound the example config counts exists, and is the route's
+  // final one.
+  std::set<std::string> outbounds;
+  for (const Json& outbound : base["outbounds"]) {
+    outbounds.insert(outbound["tag"].get<std::string>());
+  }
+  Config config;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(LoadConfig(kSourceDir + "/deploy/boxmeter.example.yaml", {},
+                         &config, &errors));
+  for (const std::string& tag : config.generator.stats_outbounds) {
+    EXPECT_EQ(outbounds.count(tag), 1u) << tag;
+  }
+  EXPECT_EQ(outbounds.count(base["route"]["final"].get<std::string>()), 1u);
+}
+
+// --- The scripts the image adds
+// --------------------------------------------------
+
+class HealthcheckTest : public ::testing::Test {
+ protected:
+  CommandResult Check(const std::string& file) {
+    return RunProgram(
+        {kDockerDir + "/healthcheck.sh"},
+        {{"BOXMETER_HEALTH_FILE", file}, {"BOXMETER_HEALTH_MAX_AGE", "60"}});
+  }
+  void Age(const std::string& file, int seconds) {
+    struct timespec times[2];
+    clock_gettime(CLOCK_REALTIME, &times[0]);
+    times[0].tv_sec -= seconds;
+    times[1] = times[0];
+    ASSERT_EQ(utimensat(AT_FDCWD, file.c_str(), times, 0), 0);
+  }
+
+  TempDir dir_;
+  std::string file_ = dir_.path() + "/healthy";
+};
+
+TEST_F(HealthcheckTest, UnhealthyBeforeTheFirstGoodPoll) {
+  CommandResult result = Check(file_);
+  EXPECT_EQ(result.code, 1);
+  EXPECT_TRUE(Has(result.output, "does not exist")) << result.output;
+}
+
+TEST_F(HealthcheckTest, HealthyRightAfterAGoodPoll) {
+  std::ofstream(file_).close();
+  Age(file_, 5);
+  CommandResult result = Check(file_);
+  EXPECT_EQ(result.code, 0) << result.output;
+}
+
+TEST_F(HealthcheckTest, UnhealthyWhenTheLastGoodPollIsTooOld) {
+  std::ofstream(file_).close();
+  Age(file_, 120);
+  CommandResult result = Check(file_);
+  EXPECT_EQ(result.code, 1);
+  EXPECT_TRUE(Has(result.output, "more than 60s")) << result.output;
+}
+
+TEST_F(HealthcheckTest, UnhealthyWithoutAHealthFile) {
+  CommandResult result = Check("");
+  EXPECT_EQ(result.code, 1);
+  EXPECT_TRUE(Has(result.output, "BOXMETER_HEALTH_FILE")) << result.output;
+}
+
+// boxmeter-regenerate against a stand-in boxmeter-gen (on PATH, logging its
+// arguments, exiting as told) and a stand-in sing-box: `sleep` under a unique
+// name, which a SIGHUP kills (exit 129), so a reload is visible.
+class RegenerateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string gen = dir_.path() + "/boxmeter-gen";
+    std::ofstream(gen) << "#!/bin/sh\n"
+                          "echo \"gen $*\" >> \"$STUB_LOG\"\n"
+                          "if [ \"$1\" = --check ]; then exit "
+                          "\"$STUB_CHECK_EXIT\"; fi\n"
+                          "exit \"$STUB_GEN_EXIT\"\n";
+    ASSERT_EQ(chmod(gen.c_str(), 0755), 0);
+    // At most 15 characters: the kernel's limit for a command name.
+    name_ = "sbx" + std::to_string(getpid());
+    fs::copy_file("/bin/sleep", dir_.path() + "/" + name_);
+  }
+
+  void StartSingBox() {
+    Process::Options options;
+    options.argv = {dir_.path() + "/" + name_, "300"};
+    sing_box_ = Process::Start(options);
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          return ReadFile("/proc/" + std::to_string(sing_box_->pid()) +
+                          "/comm") == name_ + "\n";
+        },
+        10s));
+  }
+
+  CommandResult Regenerate(int check_exit, int gen_exit = 0) {
+    return RunProgram({kDockerDir + "/regenerate.sh"},
+                      {{"PATH", dir_.path() + ":" + getenv("PATH")},
+                       {"SING_BOX_PROCESS", name_},
+                       {"STUB_LOG", log_},
+                       {"STUB_CHECK_EXIT", std::to_string(check_exit)},
+                       {"STUB_GEN_EXIT", std::to_string(gen_exit)}});
+  }
+
+  TempDir dir_;
+  std::string log_ = dir_.path() + "/gen.log";
+  std::string name_;
+  std::unique_ptr<Process> sing_box_;
+};
+
+TEST_F(RegenerateTest, UpToDateConfigIsNeitherWrittenNorReloaded) {
+  StartSingBox();
+  CommandResult result = Regenerate(/*check_exit=*/0);
+  EXPECT_EQ(result.code, 0) << result.output;
+  EXPECT_EQ(ReadFile(log_), "gen --check\n");
+  EXPECT_TRUE(sing_box_->Running()) << "sing-box was signalled needlessly";
+}
+
+TEST_F(RegenerateTest, ChangedConfigIsWrittenThenSingBoxReloads) {
+  StartSingBox();
+  CommandResult result = Regenerate(/*check_exit=*/1);
+  EXPECT_EQ(result.code, 0) << result.output;
+  EXPECT_EQ(ReadFile(log_), "gen --check\ngen \n");
+  EXPECT_EQ(sing_box_->Wait(10s), 128 + SIGHUP);
+}
+
+TEST_F(RegenerateTest, NothingIsWrittenWhenSingBoxIsNotVisible) {
+  CommandResult result = Regenerate(/*check_exit=*/1);
+  EXPECT_EQ(result.code, 1);
+  EXPECT_EQ(ReadFile(log_), "") << "a config written but never reloaded "
+                                   "would look up to date to the next run";
+  EXPECT_TRUE(Has(result.output, "PID namespace")) << result.output;
+}
+
+TEST_F(RegenerateTest, GeneratorErrorsFailTheHookWithoutReload) {
+  StartSingBox();
+  // --check failing (say, the database is down: 69).
+  CommandResult result = Regenerate(/*check_exit=*/69);
+  EXPECT_EQ(result.code, 1);
+  EXPECT_EQ(ReadFile(log_), "gen --check\n");
+  // Writing failing (73).
+  result = Regenerate(/*check_exit=*/1, /*gen_exit=*/73);
+  EXPECT_EQ(result.code, 1);
+  EXPECT_EQ(ReadFile(log_), "gen --check\ngen --check\ngen \n");
+  EXPECT_TRUE(sing_box_->Running());
+}
+
+}  // namespace
+}  // namespace boxmeter::testing
