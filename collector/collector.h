@@ -82,6 +82,9 @@ class Collector {
   void MaybeCommit();
   void OnCommitted(CommitResult result, size_t rows);
   void ResolveUnknownCommit();
+  // Retention: deletes hourly history older than history.retention, at most
+  // once an hour, when the database thread is free. True when it started.
+  bool MaybePrune();
   void OnResolved(Status status, int64_t seq);
   void AfterDatabaseFailure(const Status& status);
   void ScheduleWatchdog();
@@ -111,6 +114,7 @@ class Collector {
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer stop_timer_;
   std::chrono::steady_clock::time_point next_poll_;
+  std::chrono::steady_clock::time_point next_prune_{};  // {}: not yet set
 
   // The database worker: its own io_context on one thread.
   boost::asio::io_context db_io_;

@@ -20,6 +20,28 @@ constexpr int64_t kMigrationLockKey = 7093020349380715890;
 
 constexpr std::string_view kCommitTable = "boxmeter_commit_rows";
 
+// PgStore::kPruneLockKey is held by the collector that prunes the history,
+// so that the collectors of several nodes do not all delete the same rows.
+static_assert(PgStore::kPruneLockKey != kMigrationLockKey);
+
+// One batch of retention: the oldest rows from $1 (epoch seconds, where the
+// previous batch stopped, so the index scan does not walk again over the
+// entries it just deleted) up to the cutoff $2, at most $3 of them. ctid =
+// ANY(ARRAY(...)) is a TID scan; `ctid IN (SELECT ...)` would be a join over
+// the whole table. Returns how many rows went and the newest hour deleted.
+constexpr const char* kPruneBatch = R"sql(
+WITH gone AS (
+  DELETE FROM counter_hourly
+   WHERE ctid = ANY (ARRAY(
+     SELECT ctid FROM counter_hourly
+      WHERE hour >= to_timestamp($1::bigint) AND hour < to_timestamp($2::bigint)
+      ORDER BY hour
+      LIMIT $3::bigint))
+  RETURNING hour)
+SELECT count(*), coalesce(floor(extract(epoch FROM max(hour)))::bigint, $1)
+  FROM gone
+)sql";
+
 // Rows of one commit, streamed with COPY. Dropped at the end of the
 // transaction, so it also works through a transaction-pooling proxy.
 constexpr const char* kCreateCommitTable = R"sql(
@@ -216,10 +238,16 @@ Status PgStore::Migrate() {
       tx.exec("SELECT pg_advisory_lock(" + std::to_string(kMigrationLockKey) +
               ")");
       current = "creating schema_migrations";
-      tx.exec(
-          "CREATE TABLE IF NOT EXISTS schema_migrations ("
-          "name text PRIMARY KEY, "
-          "applied_at timestamptz NOT NULL DEFAULT now())");
+      // Only when missing: even CREATE TABLE IF NOT EXISTS needs the right
+      // to create in the schema, which a collector connected as
+      // boxmeter_collector (schema/0004_roles.sql) does not have.
+      if (tx.exec("SELECT to_regclass('schema_migrations') IS NULL")[0][0]
+              .as<bool>()) {
+        tx.exec(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "name text PRIMARY KEY, "
+            "applied_at timestamptz NOT NULL DEFAULT now())");
+      }
       for (const pqxx::row& row :
            tx.exec("SELECT name FROM schema_migrations")) {
         applied.insert(row[0].as<std::string>());
@@ -250,6 +278,12 @@ Status PgStore::Migrate() {
     tx.exec("SELECT pg_advisory_unlock(" + std::to_string(kMigrationLockKey) +
             ")");
     return Status::Ok();
+  } catch (const pqxx::insufficient_privilege& e) {
+    return Status::Error(
+        Failed(current, e).message() +
+        "; migrations create and grant, so run `boxmeter-collector "
+        "--migrate` connected as the schema's owner (or a superuser), then "
+        "start the collector as its usual role");
   } catch (const std::exception& e) {
     // Dropping the connection also releases the lock.
     return Failed(current, e);
@@ -384,6 +418,68 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
                   "applied is unknown; the node's commit sequence tells")};
     }
     return {CommitOutcome::kNotApplied, status};
+  }
+}
+
+Status PgStore::PruneHistory(std::chrono::hours retention,
+                             std::chrono::milliseconds budget,
+                             PruneResult* out) {
+  *out = PruneResult{};
+  if (Status status = Connect(); !status.ok()) return status;
+  std::string what = "deleting hourly history older than " +
+                     std::to_string(retention.count()) + "h";
+  auto deadline = std::chrono::steady_clock::now() + budget;
+  try {
+    pqxx::connection& pq = connection_->pq;
+    {
+      pqxx::nontransaction tx(pq);
+      if (!tx.exec("SELECT pg_try_advisory_lock(" +
+                   std::to_string(PgStore::kPruneLockKey) + ")")[0][0]
+               .as<bool>()) {
+        return Status::Ok();  // another collector is at it
+      }
+    }
+    // A session lock: released here, or by the server if the connection
+    // dies (Failed drops it).
+    auto unlock = [&pq] {
+      pqxx::nontransaction tx(pq);
+      tx.exec("SELECT pg_advisory_unlock(" +
+              std::to_string(PgStore::kPruneLockKey) + ")");
+    };
+    int64_t from = 0, cutoff = 0;
+    {
+      // The cutoff is fixed once, so the loop ends even under new traffic.
+      pqxx::read_transaction tx(pq);
+      pqxx::row row = tx.exec_params1(
+          "SELECT floor(extract(epoch FROM min(hour)))::bigint, "
+          "floor(extract(epoch FROM now()))::bigint - $1::bigint * 3600 "
+          "FROM counter_hourly",
+          static_cast<int64_t>(retention.count()));
+      tx.commit();
+      if (row[0].is_null()) {
+        unlock();
+        return Status::Ok();  // no history at all
+      }
+      from = row[0].as<int64_t>();
+      cutoff = row[1].as<int64_t>();
+    }
+    while (from < cutoff) {
+      pqxx::work tx(pq);
+      pqxx::row row =
+          tx.exec_params1(kPruneBatch, from, cutoff, kPruneBatchRows);
+      tx.commit();
+      out->deleted += row[0].as<int64_t>();
+      from = row[1].as<int64_t>();
+      if (row[0].as<int64_t>() < kPruneBatchRows) break;
+      if (std::chrono::steady_clock::now() >= deadline) {
+        out->done = false;
+        break;
+      }
+    }
+    unlock();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Failed(what, e);
   }
 }
 

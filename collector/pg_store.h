@@ -52,6 +52,18 @@ class PgStore : public Store {
   CommitResult Commit(const CommitBatch& batch) override;
   Status ReadCommitSeq(int64_t* seq) override;
 
+  // Deletes, in batches of kPruneBatchRows, the hourly rows whose hour
+  // started before now() - retention, oldest first. One collector of a
+  // database prunes at a time (an advisory lock; the others return at once
+  // with nothing deleted). Each batch walks counter_hourly's index on hour
+  // from where the previous one stopped.
+  Status PruneHistory(std::chrono::hours retention,
+                      std::chrono::milliseconds budget,
+                      PruneResult* out) override;
+  static constexpr int64_t kPruneBatchRows = 10'000;
+  // The advisory lock (pg_try_advisory_lock) the pruning collector holds.
+  static constexpr int64_t kPruneLockKey = 7093020349380715891;
+
   // The URL with any password replaced, as used in messages.
   const std::string& redacted_url() const { return redacted_url_; }
 

@@ -3,6 +3,7 @@
 // collector's database worker), never from the poll loop.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -28,6 +29,11 @@ struct CommitResult {
   Status status;  // why, when not applied
 };
 
+struct PruneResult {
+  int64_t deleted = 0;  // hourly rows deleted
+  bool done = true;     // false: the budget ran out before the last old row
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -50,6 +56,13 @@ class Store {
 
   // The node's commit sequence as the database has it now.
   virtual Status ReadCommitSeq(int64_t* seq) = 0;
+
+  // Deletes hourly history older than `retention` (by the database's clock),
+  // of every node, in small batches, each its own short transaction, until
+  // none is left or `budget` has passed. Rows left over go on a later call.
+  virtual Status PruneHistory(std::chrono::hours retention,
+                              std::chrono::milliseconds budget,
+                              PruneResult* out) = 0;
 };
 
 }  // namespace boxmeter

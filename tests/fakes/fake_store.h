@@ -79,6 +79,17 @@ class FakeStore : public Store {
     *seq = seq_;
     return Status::Ok();
   }
+  Status PruneHistory(std::chrono::hours retention,
+                      std::chrono::milliseconds budget,
+                      PruneResult* out) override {
+    std::lock_guard lock(mu_);
+    ++prunes_;
+    last_retention_ = retention;
+    last_budget_ = budget;
+    if (!up_) return Status::Unavailable("fake database is down");
+    *out = PruneResult{};
+    return Status::Ok();
+  }
 
   void SetUp(bool up) {
     std::lock_guard lock(mu_);

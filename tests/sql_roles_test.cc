@@ -1,0 +1,242 @@
+// The group roles of schema/0004_roles.sql: the collector and the generator
+// do their work connected as login roles granted them, and each role is
+// refused what it should not do. Also: who can run the migrations.
+#include <gtest/gtest.h>
+
+#include "pg_inventory.h"
+#include "sql_fixture.h"
+
+namespace boxmeter {
+namespace {
+
+using testing::SqlError;
+using testing::SqlTest;
+
+constexpr const char* kPermissionDenied = "42501";
+
+class SqlRolesTest : public SqlTest {
+ protected:
+  void SetUp() override {
+    SqlTest::SetUp();
+    if (HasFatalFailure()) return;
+    // Roles belong to the cluster, which the tests of one process share.
+    meter_ = "meter_" + database();
+    gen_ = "gen_" + database();
+    grafana_ = "grafana_" + database();
+    Query("CREATE ROLE " + meter_ + " LOGIN IN ROLE boxmeter_collector; " +
+          "CREATE ROLE " + gen_ + " LOGIN IN ROLE boxmeter_generator; " +
+          "CREATE ROLE " + grafana_ + " LOGIN IN ROLE boxmeter_readonly; " +
+          "INSERT INTO inbounds (node, tag, type, listen_port) "
+          "VALUES ('edge-1', 'vless-in', 'vless', 443); "
+          "SELECT add_user('alice', password => 'alice-secret', "
+          "                uuid => '11111111-2222-3333-4444-555555555555'); "
+          "SELECT link_user('alice', 'edge-1', 'vless-in');");
+  }
+
+  // A user counter's row of a commit, from an instance started today.
+  static CommitRow Row(const std::string& name, int64_t delta, int64_t base) {
+    return CommitRow{CounterKey{CounterKind::kUser, name},
+                     CounterValues{delta, delta}, CounterValues{base, base},
+                     DayMs(0)};
+  }
+
+  // Expects `sql`, run as `role`, to be refused for lack of privilege.
+  void ExpectRefused(const std::string& role, const std::string& sql) {
+    SCOPED_TRACE(role + ": " + sql);
+    SqlError error = Error(sql, role);
+    EXPECT_EQ(error.sqlstate, kPermissionDenied) << error.message;
+  }
+
+  std::string meter_, gen_, grafana_;  // login roles of the three groups
+};
+
+TEST_F(SqlRolesTest, CollectorWorksAsALoginRoleOfBoxmeterCollector) {
+  PgStore store(Url(meter_), "edge-1");
+  Status migrated = store.Migrate();  // nothing pending: a no-op
+  ASSERT_TRUE(migrated.ok()) << migrated.message();
+  NodeState state;
+  Status loaded = store.LoadNode(&state);
+  ASSERT_TRUE(loaded.ok()) << loaded.message();
+  CommitResult first = store.Commit(
+      CommitBatch{state.commit_seq, DayMs(0, 1), {Row("alice", 100, 100)}});
+  ASSERT_EQ(first.outcome, CommitOutcome::kApplied) << first.status.message();
+  CommitResult second = store.Commit(
+      CommitBatch{state.commit_seq + 1, DayMs(0, 1), {Row("alice", 50, 150)}});
+  ASSERT_EQ(second.outcome, CommitOutcome::kApplied) << second.status.message();
+  int64_t seq = 0;
+  ASSERT_TRUE(store.ReadCommitSeq(&seq).ok());
+  EXPECT_EQ(seq, 2);
+  ASSERT_TRUE(store.LoadNode(&state).ok());
+  ASSERT_EQ(state.baselines.size(), 1u);
+  EXPECT_EQ(state.baselines[0].values, (CounterValues{150, 150}));
+  PruneResult pruned;
+  Status prune = store.PruneHistory(std::chrono::hours(1), {}, &pruned);
+  EXPECT_TRUE(prune.ok()) << prune.message();
+  EXPECT_EQ(Query("SELECT total FROM user_traffic"), "300");
+  // The users' fingerprint, without reading a credential.
+  EXPECT_EQ(Query("SELECT users_fingerprint('edge-1')", meter_),
+            Query("SELECT users_fingerprint('edge-1')"));
+}
+
+TEST_F(SqlRolesTest, CollectorCannotTouchUsersOrCredentials) {
+  for (const char* sql : {
+           "SELECT password FROM users",
+           "SELECT uuid FROM users",
+           "SELECT * FROM node_inbound_users",
+           "SELECT * FROM eligible_users",
+           "UPDATE users SET enabled = false",
+           "INSERT INTO users (name) VALUES ('mallory')",
+           "DELETE FROM users",
+           "INSERT INTO inbound_users SELECT 1, 1",
+           "UPDATE inbounds SET enabled = false",
+           "SELECT add_user('mallory')",
+           "SELECT set_quota('alice', 0)",
+           "SELECT reset_usage('alice')",
+           "DELETE FROM counters",
+           "UPDATE counters SET name = 'x'",
+           "UPDATE nodes SET name = 'x'",
+           "DELETE FROM nodes",
+           "CREATE TABLE mine (x int)",
+       }) {
+    ExpectRefused(meter_, sql);
+  }
+}
+
+TEST_F(SqlRolesTest, GeneratorReadsItsInventoryAsALoginRole) {
+  Inventory inventory;
+  Status read = PgInventory(Url(gen_)).Read("edge-1", &inventory);
+  ASSERT_TRUE(read.ok()) << read.message();
+  ASSERT_EQ(inventory.inbounds.size(), 1u);
+  ASSERT_EQ(inventory.users.size(), 1u);
+  EXPECT_EQ(inventory.users[0].name, "alice");
+  EXPECT_EQ(inventory.users[0].password, "alice-secret");
+  EXPECT_EQ(inventory.users[0].uuid, "11111111-2222-3333-4444-555555555555");
+  EXPECT_EQ(Query("SELECT name, state FROM user_quota_status", gen_),
+            "alice|active");
+  EXPECT_FALSE(Query("SELECT users_fingerprint('edge-1')", gen_).empty());
+}
+
+TEST_F(SqlRolesTest, GeneratorWritesNothing) {
+  for (const char* sql : {
+           "INSERT INTO users (name) VALUES ('mallory')",
+           "UPDATE users SET quota_bytes = NULL",
+           "DELETE FROM inbound_users",
+           "UPDATE inbounds SET enabled = false",
+           "INSERT INTO counters (node, kind, name, instance_start) "
+           "VALUES ('edge-1', 'user', 'x', now())",
+           "UPDATE counters SET uplink = 0",
+           "DELETE FROM counter_hourly",
+           "INSERT INTO nodes (name) VALUES ('edge-9')",
+           "SELECT add_user('mallory')",
+           "SELECT disable_user('alice')",
+           "SELECT delete_user('alice', false)",
+           "CREATE TABLE mine (x int)",
+       }) {
+    ExpectRefused(gen_, sql);
+  }
+}
+
+TEST_F(SqlRolesTest, ReadonlySeesTheViewsAndNothingElse) {
+  PgStore store(Url(), "edge-1");
+  NodeState state;
+  ASSERT_TRUE(store.LoadNode(&state).ok());
+  ASSERT_EQ(
+      store.Commit(CommitBatch{0, DayMs(0), {Row("alice", 5, 5)}}).outcome,
+      CommitOutcome::kApplied);
+  for (const char* view :
+       {"user_traffic", "inbound_traffic", "outbound_traffic",
+        "user_node_hourly", "user_hourly", "user_node_daily", "user_daily",
+        "user_quota_status", "node_summary", "unknown_counters"}) {
+    SCOPED_TRACE(view);
+    Query(std::string("SELECT * FROM ") + view, grafana_);
+  }
+  EXPECT_EQ(Query("SELECT name, total FROM top_users(now() - interval "
+                  "'2 days', now() + interval '1 day')",
+                  grafana_),
+            "alice|10");
+  for (const char* sql : {
+           "SELECT password FROM users",
+           "SELECT name FROM users",
+           "SELECT * FROM eligible_users",
+           "SELECT * FROM node_inbound_users",
+           "SELECT * FROM counters",
+           "SELECT * FROM counter_hourly",
+           "SELECT * FROM inbounds",
+           "SELECT users_fingerprint('edge-1')",
+           "SELECT add_user('mallory')",
+           "SELECT set_quota('alice', 0)",
+           "SELECT delete_user('alice', false)",
+           "UPDATE users SET enabled = false",
+           "DELETE FROM counter_hourly",
+           "INSERT INTO nodes (name) VALUES ('edge-9')",
+           "CREATE TABLE mine (x int)",
+       }) {
+    ExpectRefused(grafana_, sql);
+  }
+}
+
+TEST_F(SqlRolesTest, APendingMigrationTellsTheCollectorRoleToAskTheOwner) {
+  // As if a newer boxmeter brought 0004 with it.
+  Query("DELETE FROM schema_migrations WHERE name = '0004_roles.sql'");
+  Status status = PgStore(Url(meter_), "edge-1").Migrate();
+  ASSERT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("applying migration 0004_roles.sql"),
+            std::string::npos)
+      << status.message();
+  EXPECT_NE(status.message().find("--migrate` connected as the schema's owner"),
+            std::string::npos)
+      << status.message();
+  EXPECT_EQ(Query("SELECT count(*) FROM schema_migrations"), "3");
+}
+
+// On a server of its own: it drops the group roles.
+TEST(SqlOwnerTest, TheDatabaseOwnerMigratesWithoutBeingSuperuser) {
+  testing::PgServer server;
+  server.Query("postgres",
+               "CREATE ROLE owner1 LOGIN CREATEROLE; CREATE ROLE owner2 LOGIN");
+  server.Query("postgres", "CREATE DATABASE owned1 OWNER owner1");
+  server.Query("postgres", "CREATE DATABASE owned2 OWNER owner2");
+  auto url = [&](const std::string& user, const std::string& db) {
+    return "postgresql://" + user +
+           "@127.0.0.1:" + std::to_string(server.port()) + "/" + db;
+  };
+  // An owner with CREATEROLE creates the roles.
+  Status first = PgStore(url("owner1", "owned1"), "n").Migrate();
+  ASSERT_TRUE(first.ok()) << first.message();
+
+  // Without the roles, an owner without CREATEROLE is told what to do.
+  server.Query("owned1",
+               "DROP OWNED BY boxmeter_collector, boxmeter_generator, "
+               "boxmeter_readonly");
+  server.Query("postgres",
+               "DROP ROLE boxmeter_collector, boxmeter_generator, "
+               "boxmeter_readonly");
+  Status refused = PgStore(url("owner2", "owned2"), "n").Migrate();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("cannot create role boxmeter_collector: "
+                                   "owner2 has no CREATEROLE"),
+            std::string::npos)
+      << refused.message();
+  EXPECT_NE(refused.message().find("CREATE ROLE boxmeter_collector NOLOGIN"),
+            std::string::npos)
+      << refused.message();
+
+  // Once an administrator has created them, the owner migrates.
+  server.Query("postgres",
+               "CREATE ROLE boxmeter_collector NOLOGIN; "
+               "CREATE ROLE boxmeter_generator NOLOGIN; "
+               "CREATE ROLE boxmeter_readonly NOLOGIN;");
+  Status second = PgStore(url("owner2", "owned2"), "n").Migrate();
+  ASSERT_TRUE(second.ok()) << second.message();
+  EXPECT_EQ(server.Query("owned2",
+                         "SELECT has_table_privilege('boxmeter_collector', "
+                         "'counter_hourly', 'DELETE'), "
+                         "has_table_privilege('boxmeter_readonly', "
+                         "'users', 'SELECT'), "
+                         "(SELECT tableowner FROM pg_tables "
+                         " WHERE tablename = 'users')"),
+            "t|f|owner2");
+}
+
+}  // namespace
+}  // namespace boxmeter
