@@ -58,6 +58,7 @@ Collector::Collector(boost::asio::io_context& io, const Config& config,
       source_(source),
       store_(store),
       notifier_(notifier),
+      hooks_(io, config.hooks, config.path),
       poll_timer_(io),
       retry_timer_(io),
       watchdog_timer_(io),
@@ -165,6 +166,7 @@ void Collector::Reload(const Config& config) {
   config_.source.timeout = config.source.timeout;
   config_.log = config.log;
   config_.hooks = config.hooks;
+  hooks_.Reload(config.hooks);
   config_.history = config.history;
   config_.generator = config.generator;
   SetLogLevel(config.log.level);
@@ -245,6 +247,10 @@ void Collector::SchedulePoll() {
 
 void Collector::Poll() {
   if (mode_ == Mode::kDaemon) SchedulePoll();
+  if (mode_ == Mode::kDaemon) {
+    users_checked_ = false;
+    hooks_.Poll();  // retries a failed hook, at most once a poll
+  }
   if (fetch_in_flight_) {
     LogDebug("the previous fetch is still running; skipping this poll");
     return;
@@ -309,7 +315,10 @@ void Collector::MaybeCommit() {
     return;
   }
   if (MaybePrune()) return;
-  if (!engine_.HasPending()) return;
+  if (!engine_.HasPending()) {
+    CheckUsers();
+    return;
+  }
   if (finishing) final_commit_tried_ = true;
   auto batch = std::make_shared<CommitBatch>(engine_.Prepare());
   size_t rows = batch->rows.size();
@@ -332,6 +341,10 @@ void Collector::OnCommitted(CommitResult result, size_t rows) {
       backoff_ = milliseconds(0);
       retry_after_ = {};
       LogDebug("committed {} counters (commit {})", rows, engine_.commit_seq());
+      if (mode_ == Mode::kDaemon && !result.users_fingerprint.empty()) {
+        users_checked_ = true;
+        hooks_.UsersFingerprint(result.users_fingerprint);
+      }
       break;
     case CommitOutcome::kNotApplied:
       engine_.NotCommitted();
@@ -400,6 +413,29 @@ bool Collector::MaybePrune() {
         MaybeFinish();
       });
   return true;
+}
+
+void Collector::CheckUsers() {
+  if (mode_ != Mode::kDaemon || users_checked_ || !hooks_.enabled()) return;
+  users_checked_ = true;
+  using Read = std::pair<Status, std::string>;
+  OnDatabase<Read>(
+      [this] {
+        std::string fingerprint;
+        Status status = store_.Connect();
+        if (status.ok()) status = store_.ReadUsersFingerprint(&fingerprint);
+        return Read{status, fingerprint};
+      },
+      [this](Read read) {
+        if (read.first.ok()) {
+          database_health_.Up("read the users fingerprint");
+          hooks_.UsersFingerprint(read.second);
+        } else {
+          database_health_.Down(read.first.message());
+        }
+        MaybeCommit();
+        MaybeFinish();
+      });
 }
 
 void Collector::ResolveUnknownCommit() {

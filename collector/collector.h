@@ -26,6 +26,7 @@
 
 #include "config.h"
 #include "delta_engine.h"
+#include "hook_runner.h"
 #include "notifier.h"
 #include "stats_source.h"
 #include "store.h"
@@ -82,6 +83,9 @@ class Collector {
   void MaybeCommit();
   void OnCommitted(CommitResult result, size_t rows);
   void ResolveUnknownCommit();
+  // hooks.on_users_changed: on a poll without a commit, reads the users
+  // fingerprint so an operator's change is noticed without traffic.
+  void CheckUsers();
   // Retention: deletes hourly history older than history.retention, at most
   // once an hour, when the database thread is free. True when it started.
   bool MaybePrune();
@@ -107,6 +111,8 @@ class Collector {
   Store& store_;
   Notifier& notifier_;
   DeltaEngine engine_;
+  HookRunner hooks_;
+  bool users_checked_ = false;  // the fingerprint was read in this poll
 
   Mode mode_ = Mode::kDaemon;
   boost::asio::steady_timer poll_timer_;

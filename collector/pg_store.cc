@@ -91,6 +91,9 @@ ON CONFLICT (counter_id, hour) DO UPDATE SET
                    9223372036854775807)::bigint
 )sql";
 
+// schema/0002_generator.sql: what boxmeter-gen would read for node $1.
+constexpr const char* kUsersFingerprint = "SELECT users_fingerprint($1)";
+
 // libpq messages span lines (DETAIL, HINT); logs want one line per event.
 std::string OneLine(std::string_view text) {
   std::string out;
@@ -400,9 +403,12 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
           batch.observed_at_ms > 0 ? batch.observed_at_ms : NowMs();
       tx.exec_params(kApplyCommit, node_, HourStartSeconds(observed_ms));
     }
+    // After the traffic is added, so a quota this commit crossed shows.
+    std::string users_fingerprint =
+        tx.exec_params1(kUsersFingerprint, node_)[0].as<std::string>();
     commit_sent = true;
     tx.commit();
-    return {CommitOutcome::kApplied, Status::Ok()};
+    return {CommitOutcome::kApplied, Status::Ok(), users_fingerprint};
   } catch (const std::exception& e) {
     bool in_doubt =
         commit_sent &&
@@ -500,6 +506,19 @@ Status PgStore::ReadCommitSeq(int64_t* seq) {
     return Status::Ok();
   } catch (const std::exception& e) {
     return Failed("reading the commit sequence of node '" + node_ + "'", e);
+  }
+}
+
+Status PgStore::ReadUsersFingerprint(std::string* fingerprint) {
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::read_transaction tx(connection_->pq);
+    *fingerprint =
+        tx.exec_params1(kUsersFingerprint, node_)[0].as<std::string>();
+    tx.commit();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Failed("reading the users fingerprint of node '" + node_ + "'", e);
   }
 }
 

@@ -51,6 +51,7 @@ class PgStore : public Store {
   Status LoadNode(NodeState* out) override;
   CommitResult Commit(const CommitBatch& batch) override;
   Status ReadCommitSeq(int64_t* seq) override;
+  Status ReadUsersFingerprint(std::string* fingerprint) override;
 
   // Deletes, in batches of kPruneBatchRows, the hourly rows whose hour
   // started before now() - retention, oldest first. One collector of a

@@ -27,6 +27,10 @@ enum class CommitOutcome {
 struct CommitResult {
   CommitOutcome outcome = CommitOutcome::kNotApplied;
   Status status;  // why, when not applied
+  // When applied: the node's users fingerprint (see ReadUsersFingerprint)
+  // as of the end of this commit, read in its transaction, so a user whose
+  // quota this commit crossed shows at once. Empty when not known.
+  std::string users_fingerprint = {};
 };
 
 struct PruneResult {
@@ -56,6 +60,13 @@ class Store {
 
   // The node's commit sequence as the database has it now.
   virtual Status ReadCommitSeq(int64_t* seq) = 0;
+
+  // A digest of everything boxmeter-gen reads for this node: its enabled
+  // inbounds and their eligible users (enabled, not expired, under quota)
+  // with their credentials (users_fingerprint() in the schema). It changes
+  // exactly when the generated config would; the collector runs
+  // hooks.on_users_changed when it does.
+  virtual Status ReadUsersFingerprint(std::string* fingerprint) = 0;
 
   // Deletes hourly history older than `retention` (by the database's clock),
   // of every node, in small batches, each its own short transaction, until

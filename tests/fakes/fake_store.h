@@ -70,13 +70,22 @@ class FakeStore : public Store {
       ++seq_;
       ++applied_;
     }
-    if (next == Next::kApplied) return {CommitOutcome::kApplied, Status::Ok()};
+    if (next == Next::kApplied) {
+      return {CommitOutcome::kApplied, Status::Ok(), users_fingerprint_};
+    }
     return {CommitOutcome::kUnknown, Status::Unavailable("fake: lost reply")};
   }
   Status ReadCommitSeq(int64_t* seq) override {
     std::lock_guard lock(mu_);
     if (!up_) return Status::Unavailable("fake database is down");
     *seq = seq_;
+    return Status::Ok();
+  }
+  Status ReadUsersFingerprint(std::string* fingerprint) override {
+    std::lock_guard lock(mu_);
+    ++fingerprint_reads_;
+    if (!up_) return Status::Unavailable("fake database is down");
+    *fingerprint = users_fingerprint_;
     return Status::Ok();
   }
   Status PruneHistory(std::chrono::hours retention,
@@ -115,6 +124,15 @@ class FakeStore : public Store {
     std::lock_guard lock(mu_);
     return loads_;
   }
+  // What ReadUsersFingerprint and applied commits report from now on.
+  void SetUsersFingerprint(std::string fingerprint) {
+    std::lock_guard lock(mu_);
+    users_fingerprint_ = std::move(fingerprint);
+  }
+  int fingerprint_reads() {
+    std::lock_guard lock(mu_);
+    return fingerprint_reads_;
+  }
   int prunes() {
     std::lock_guard lock(mu_);
     return prunes_;
@@ -134,6 +152,8 @@ class FakeStore : public Store {
   std::deque<Next> script_;
   std::map<CounterKey, Row> rows_;
   int64_t seq_ = 0;
+  std::string users_fingerprint_ = "initial";
+  int fingerprint_reads_ = 0;
   int connects_ = 0, commits_ = 0, applied_ = 0, loads_ = 0, prunes_ = 0;
   std::chrono::hours last_retention_{0};
   std::chrono::milliseconds last_budget_{0};

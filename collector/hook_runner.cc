@@ -1,0 +1,265 @@
+#include "hook_runner.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/post.hpp>
+#include <cerrno>
+#include <cstring>
+#include <string_view>
+#include <vector>
+
+#include "log.h"
+
+extern char** environ;
+
+namespace boxmeter {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+constexpr std::string_view kHook = "hooks.on_users_changed";
+constexpr std::string_view kConfigVariable = "BOXMETER_CONFIG=";
+
+// The collector's environment, with BOXMETER_CONFIG pointing at its config.
+std::vector<std::string> HookEnvironment(const std::string& config_path) {
+  std::vector<std::string> env;
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+    std::string_view text = *entry;
+    if (!text.starts_with(kConfigVariable)) env.emplace_back(text);
+  }
+  if (!config_path.empty()) {
+    env.push_back(std::string(kConfigVariable) + config_path);
+  }
+  return env;
+}
+
+std::string DescribeStatus(int wait_status) {
+  if (WIFEXITED(wait_status)) {
+    return fmt::format("exited with {}", WEXITSTATUS(wait_status));
+  }
+  if (WIFSIGNALED(wait_status)) {
+    int signal = WTERMSIG(wait_status);
+    return fmt::format("was killed by signal {} ({})", signal,
+                       strsignal(signal));
+  }
+  return fmt::format("ended with wait status {}", wait_status);
+}
+
+}  // namespace
+
+HookRunner::HookRunner(boost::asio::io_context& io, Config::Hooks hooks,
+                       std::string config_path)
+    : io_(io),
+      hooks_(std::move(hooks)),
+      config_path_(std::move(config_path)),
+      timeout_timer_(io) {}
+
+HookRunner::~HookRunner() {
+  alive_.reset();  // handlers still queued on the loop do nothing now
+  timeout_timer_.cancel();
+  if (child_) {
+    bool killed;
+    {
+      std::lock_guard lock(child_->mu);
+      killed = !child_->exited;
+    }
+    KillChild();
+    if (child_->waiter.joinable()) child_->waiter.join();
+    if (killed) LogWarn("{} was still running at exit and was killed", kHook);
+  }
+}
+
+void HookRunner::Reload(const Config::Hooks& hooks) {
+  bool new_command = hooks.on_users_changed != hooks_.on_users_changed;
+  hooks_ = hooks;
+  if (new_command && enabled()) {
+    LogInfo("{} changed; running it once on the next poll", kHook);
+    requested_ = true;
+  }
+}
+
+void HookRunner::UsersFingerprint(const std::string& fingerprint) {
+  if (fingerprint_ == fingerprint) return;
+  if (fingerprint_) {
+    LogInfo(
+        "the users of this node changed (a user crossed a quota or expiry, "
+        "or an operator changed users or inbounds)");
+  }
+  // The first one after start only requests the run at start, unless a
+  // run (of a hook configured by a reload) already happened.
+  if (fingerprint_ || runs_started_ == 0) {
+    at_start_ = !fingerprint_;
+    requested_ = true;
+  }
+  fingerprint_ = fingerprint;
+  MaybeStart();
+}
+
+void HookRunner::Poll() {
+  ++poll_;
+  MaybeStart();
+}
+
+void HookRunner::MaybeStart() {
+  if (!requested_ || !enabled() || child_ || started_in_poll_ == poll_) {
+    return;
+  }
+  started_in_poll_ = poll_;
+  requested_ = false;
+  Start();
+}
+
+void HookRunner::Start() {
+  ++runs_started_;
+  std::vector<std::string> env = HookEnvironment(config_path_);
+  std::vector<char*> envp;
+  for (std::string& entry : env) envp.push_back(entry.data());
+  envp.push_back(nullptr);
+  std::string shell = "/bin/sh", dash_c = "-c",
+              command = hooks_.on_users_changed;
+  char* argv[] = {shell.data(), dash_c.data(), command.data(), nullptr};
+
+  // The child starts with default signal handling and an empty mask (the
+  // collector's handlers and masks are not the hook's business), in its own
+  // process group so a timeout kills everything it started.
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null",
+                                   O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
+                                      POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setpgroup(&attr, 0);
+  sigset_t signals;
+  sigemptyset(&signals);
+  posix_spawnattr_setsigmask(&attr, &signals);
+  for (int signal :
+       {SIGPIPE, SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGCHLD, SIGUSR1, SIGUSR2}) {
+    sigaddset(&signals, signal);
+  }
+  posix_spawnattr_setsigdefault(&attr, &signals);
+
+  pid_t pid = 0;
+  int error =
+      posix_spawn(&pid, shell.c_str(), &actions, &attr, argv, envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (error != 0) {
+    ++runs_failed_;
+    requested_ = true;
+    LogError("cannot run {} with {}: {}; retrying on the next poll", kHook,
+             shell, std::strerror(error));
+    return;
+  }
+  if (at_start_) {
+    LogInfo(
+        "running {} (once at start: the users may have changed while the "
+        "collector was not running)",
+        kHook);
+    at_start_ = false;
+  } else {
+    Log(failures_in_a_row_ > 0 ? LogLevel::kDebug : LogLevel::kInfo,
+        "running {}", kHook);
+  }
+  LogDebug("{} started (pid {}): {}", kHook, pid, hooks_.on_users_changed);
+
+  child_ = std::make_unique<Child>();
+  Child* child = child_.get();
+  child->pid = pid;
+  child->started = steady_clock::now();
+  // Waits without reaping first, so that the pid (and process group) stays
+  // ours until `exited` is set: a timeout can never signal a reused pid.
+  child->waiter = std::thread([this, child, alive = std::weak_ptr(alive_)] {
+    siginfo_t info{};
+    int rc;
+    do {
+      rc = waitid(P_PID, child->pid, &info, WEXITED | WNOWAIT);
+    } while (rc != 0 && errno == EINTR);
+    {
+      std::lock_guard lock(child->mu);
+      child->exited = true;
+    }
+    int status = 0;
+    pid_t reaped;
+    do {
+      reaped = waitpid(child->pid, &status, 0);
+    } while (reaped < 0 && errno == EINTR);
+    if (reaped < 0) status = -1;  // someone else reaped it (SIGCHLD ignored)
+    boost::asio::post(io_, [this, alive, status] {
+      if (alive.lock()) OnExit(status);
+    });
+  });
+
+  timeout_timer_.expires_after(hooks_.timeout);
+  timeout_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec || !child_) return;
+    {
+      std::lock_guard lock(child_->mu);
+      if (child_->exited) return;
+      child_->timed_out = true;
+    }
+    KillChild();
+  });
+}
+
+void HookRunner::KillChild() {
+  std::lock_guard lock(child_->mu);
+  if (!child_->exited) kill(-child_->pid, SIGKILL);
+}
+
+void HookRunner::OnExit(int wait_status) {
+  if (!child_) return;
+  timeout_timer_.cancel();
+  child_->waiter.join();
+  auto took = std::chrono::duration_cast<milliseconds>(steady_clock::now() -
+                                                       child_->started);
+  bool timed_out = child_->timed_out;
+  child_.reset();
+
+  bool ok = wait_status != -1 && WIFEXITED(wait_status) &&
+            WEXITSTATUS(wait_status) == 0 && !timed_out;
+  if (ok) {
+    if (failures_in_a_row_ > 0) {
+      LogInfo("{} succeeded in {}ms, after {} failed run(s)", kHook,
+              took.count(), failures_in_a_row_);
+    } else {
+      LogInfo("{} succeeded in {}ms", kHook, took.count());
+    }
+    failures_in_a_row_ = 0;
+    last_failure_.clear();
+    return;
+  }
+
+  ++runs_failed_;
+  ++failures_in_a_row_;
+  requested_ = true;  // retried on the next poll
+  std::string failure;
+  if (timed_out) {
+    failure = fmt::format(
+        "ran longer than hooks.timeout ({}ms) and was killed with its "
+        "process group",
+        hooks_.timeout.count());
+  } else if (wait_status == -1) {
+    failure = "ended, but its exit status is unknown (is SIGCHLD ignored?)";
+  } else {
+    failure = DescribeStatus(wait_status);
+  }
+  // A hook that keeps failing the same way is logged once as a warning,
+  // then at debug level, until it succeeds or fails differently.
+  LogLevel level =
+      failure == last_failure_ ? LogLevel::kDebug : LogLevel::kWarn;
+  Log(level, "{} {} after {}ms; retrying on every poll until it succeeds{}",
+      kHook, failure, took.count(),
+      level == LogLevel::kWarn ? " (repeats of this are logged at debug)" : "");
+  last_failure_ = failure;
+}
+
+}  // namespace boxmeter

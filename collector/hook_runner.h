@@ -1,0 +1,113 @@
+// HookRunner: runs hooks.on_users_changed when the users of this node change,
+// so that sing-box's config follows the database (the standard hook is
+// `boxmeter-gen && systemctl reload sing-box`).
+//
+// The collector feeds it the node's users fingerprint (users_fingerprint() in
+// the schema: a digest of everything boxmeter-gen reads for the node), read
+// in every commit's transaction and on polls without a commit. A fingerprint
+// that differs from the last one requests a run. The first one after start
+// requests a run too: the collector cannot know whether the config on disk
+// still matches the database after it was down (a user may have expired or
+// been disabled meanwhile), and a stale config could keep a user connected
+// indefinitely.
+//
+// A run is `/bin/sh -c COMMAND` exactly as configured: nothing is ever
+// interpolated into it, so no user or tag name can reach a shell. It gets
+// stdin from /dev/null, its stdout and stderr go to the collector's stderr
+// (the log), it runs in its own process group, and BOXMETER_CONFIG is set to
+// the collector's config file so that a bare `boxmeter-gen` reads the same
+// config. At most one run at a time and at most one start per poll; a run
+// longer than hooks.timeout is killed with its whole process group. A run
+// that fails (non-zero exit, signal, timeout) is retried on the next poll,
+// until one succeeds. A change that arrives while a run is in progress
+// requests another run.
+//
+// Runs on the collector's io_context thread; only the wait for the child's
+// exit happens on a helper thread, whose result is posted back to the loop.
+#pragma once
+
+#include <sys/types.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "config.h"
+
+namespace boxmeter {
+
+class HookRunner {
+ public:
+  // `config_path` is passed to the hook as BOXMETER_CONFIG ("" for none).
+  HookRunner(boost::asio::io_context& io, Config::Hooks hooks,
+             std::string config_path);
+  // Kills a running hook's process group and reaps it.
+  ~HookRunner();
+
+  HookRunner(const HookRunner&) = delete;
+  HookRunner& operator=(const HookRunner&) = delete;
+
+  // SIGHUP: a new command or timeout. A new non-empty command requests a
+  // run, since the old one may not have done what the new one does.
+  void Reload(const Config::Hooks& hooks);
+
+  // Whether a command is configured (reading fingerprints is useless
+  // otherwise).
+  bool enabled() const { return !hooks_.on_users_changed.empty(); }
+
+  // The node's users fingerprint as just read from the database.
+  void UsersFingerprint(const std::string& fingerprint);
+
+  // Call once at each poll: starts a requested (or failed) run, if none is
+  // running and none was started since the previous poll.
+  void Poll();
+
+  bool running() const { return child_ != nullptr; }
+  bool run_requested() const { return requested_; }
+  int64_t runs_started() const { return runs_started_; }
+  int64_t runs_failed() const { return runs_failed_; }
+
+ private:
+  // The running child, shared with the thread that waits for it.
+  struct Child {
+    pid_t pid = 0;
+    std::mutex mu;
+    bool exited = false;  // waited for (still a zombie until reaped)
+    bool timed_out = false;
+    std::chrono::steady_clock::time_point started;
+    std::thread waiter;
+  };
+
+  void MaybeStart();
+  void Start();
+  void OnExit(int wait_status);
+  // Kills the child's process group unless it already exited.
+  void KillChild();
+
+  boost::asio::io_context& io_;
+  Config::Hooks hooks_;
+  std::string config_path_;
+  boost::asio::steady_timer timeout_timer_;
+
+  std::optional<std::string> fingerprint_;  // the last one seen
+  bool requested_ = false;
+  bool at_start_ = false;  // the requested run is the one at start
+  int64_t poll_ = 0;
+  int64_t started_in_poll_ = -1;
+  int64_t runs_started_ = 0;
+  int64_t runs_failed_ = 0;
+  int64_t failures_in_a_row_ = 0;
+  std::string last_failure_;
+
+  std::unique_ptr<Child> child_;
+  // Handlers posted by the waiter check this is still alive.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace boxmeter

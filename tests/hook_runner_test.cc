@@ -1,0 +1,222 @@
+// HookRunner: when it runs hooks.on_users_changed (first fingerprint, each
+// change, at most once per poll, retries after failures), how (sh -c, as
+// configured, with BOXMETER_CONFIG) and that a hook past its timeout is
+// killed with everything it started.
+#include "hook_runner.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+
+#include "process.h"
+
+namespace boxmeter {
+namespace {
+
+using boxmeter::testing::ReadFile;
+using boxmeter::testing::TempDir;
+using namespace std::chrono_literals;
+
+class HookRunnerTest : public ::testing::Test {
+ protected:
+  HookRunnerTest() : guard_(boost::asio::make_work_guard(io_)) {
+    runs_file_ = dir_.path() + "/runs";
+  }
+
+  // A runner whose hook appends a line to runs_file_, plus `extra`.
+  std::unique_ptr<HookRunner> Runner(const std::string& command,
+                                     std::chrono::milliseconds timeout = 10s) {
+    return std::make_unique<HookRunner>(
+        io_, Config::Hooks{.on_users_changed = command, .timeout = timeout},
+        "/etc/boxmeter/test config.yaml");
+  }
+  std::string Appending(const std::string& extra = "") const {
+    return "echo run >> '" + runs_file_ + "'" + extra;
+  }
+
+  // Runs the loop until `condition` holds or `timeout` passes.
+  bool LoopUntil(const std::function<bool()>& condition,
+                 std::chrono::milliseconds timeout = 10s) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!condition()) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      io_.run_for(10ms);
+    }
+    return true;
+  }
+
+  // Lets every started run finish.
+  bool Settle(HookRunner& runner) {
+    return LoopUntil([&] { return !runner.running(); });
+  }
+
+  int Runs() const {
+    std::istringstream in(ReadFile(runs_file_));
+    int lines = 0;
+    for (std::string line; std::getline(in, line);) ++lines;
+    return lines;
+  }
+
+  TempDir dir_;
+  std::string runs_file_;
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type>
+      guard_;
+};
+
+TEST_F(HookRunnerTest, FirstFingerprintRunsOnceThenOnlyChangesRun) {
+  auto runner = Runner(Appending());
+  runner->Poll();
+  EXPECT_EQ(runner->runs_started(), 0) << "nothing happens before a "
+                                          "fingerprint is known";
+  runner->UsersFingerprint("a");
+  EXPECT_TRUE(runner->running());
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(Runs(), 1);
+
+  for (int i = 0; i < 3; ++i) {
+    runner->Poll();
+    runner->UsersFingerprint("a");
+  }
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(Runs(), 1) << "an unchanged fingerprint runs nothing";
+
+  runner->Poll();
+  runner->UsersFingerprint("b");
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(Runs(), 2);
+  EXPECT_EQ(runner->runs_failed(), 0);
+}
+
+TEST_F(HookRunnerTest, AtMostOneStartPerPoll) {
+  auto runner = Runner(Appending());
+  runner->UsersFingerprint("a");
+  ASSERT_TRUE(Settle(*runner));
+  runner->UsersFingerprint("b");  // same poll: waits for the next one
+  EXPECT_FALSE(runner->running());
+  EXPECT_TRUE(runner->run_requested());
+  runner->UsersFingerprint("c");
+  runner->Poll();
+  EXPECT_TRUE(runner->running());
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(Runs(), 2) << "b and c were folded into one run";
+  EXPECT_FALSE(runner->run_requested());
+}
+
+TEST_F(HookRunnerTest, ChangeDuringARunRunsAgainOnTheNextPoll) {
+  std::string gate = dir_.path() + "/gate";
+  // The first run waits for the gate file, so the change lands mid-run.
+  auto runner =
+      Runner(Appending("; while [ ! -e '" + gate + "' ]; do sleep 0.01; done"));
+  runner->UsersFingerprint("a");
+  ASSERT_TRUE(runner->running());
+  runner->Poll();
+  runner->UsersFingerprint("b");
+  EXPECT_EQ(runner->runs_started(), 1) << "one run at a time";
+  std::ofstream(gate) << "open";
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_TRUE(runner->run_requested());
+  runner->Poll();
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(runner->runs_started(), 2);
+  EXPECT_EQ(Runs(), 2);
+}
+
+TEST_F(HookRunnerTest, FailingHookIsRetriedOnEveryPollUntilItSucceeds) {
+  std::string fixed = dir_.path() + "/fixed";
+  auto runner = Runner(Appending("; [ -e '" + fixed + "' ] || exit 3"));
+  runner->UsersFingerprint("a");
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(runner->runs_failed(), 1);
+  EXPECT_TRUE(runner->run_requested());
+  for (int poll = 0; poll < 3; ++poll) {
+    runner->Poll();
+    ASSERT_TRUE(Settle(*runner));
+  }
+  EXPECT_EQ(Runs(), 4);
+  EXPECT_EQ(runner->runs_failed(), 4);
+  std::ofstream(fixed) << "fixed";
+  runner->Poll();
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(runner->runs_failed(), 4);
+  EXPECT_FALSE(runner->run_requested());
+  runner->Poll();
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(Runs(), 5) << "no more runs once it succeeded";
+}
+
+// Whether `pid` is gone (or a zombie awaiting its new parent).
+bool Gone(pid_t pid) {
+  std::string stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  if (stat.empty()) return true;
+  size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() &&
+         stat[paren + 2] == 'Z';
+}
+
+TEST_F(HookRunnerTest, HookPastItsTimeoutIsKilledWithItsChildren) {
+  std::string pid_file = dir_.path() + "/pid";
+  auto runner = Runner("sleep 60 & echo $! > '" + pid_file + "'; wait", 300ms);
+  auto start = std::chrono::steady_clock::now();
+  runner->UsersFingerprint("a");
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  EXPECT_EQ(runner->runs_failed(), 1);
+  EXPECT_TRUE(runner->run_requested()) << "a timeout is retried";
+  std::string pid = ReadFile(pid_file);
+  ASSERT_FALSE(pid.empty());
+  EXPECT_TRUE(testing::WaitUntil([&] { return Gone(std::stoi(pid)); }, 5s))
+      << "the hook's background child " << pid << " survived the timeout";
+}
+
+TEST_F(HookRunnerTest, CommandRunsAsConfiguredWithTheConfigPathInItsEnv) {
+  std::string out = dir_.path() + "/out";
+  // Shell syntax in the command is the operator's own; the runner adds
+  // nothing to it and passes no arguments.
+  auto runner = Runner(
+      "printf '%s|%s|%s' \"$BOXMETER_CONFIG\" \"$#\" "
+      "\"$(cat)\" > '" +
+      out + "'");
+  runner->UsersFingerprint("a");
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(ReadFile(out), "/etc/boxmeter/test config.yaml|0|")
+      << "BOXMETER_CONFIG is the config path, no arguments, empty stdin";
+  EXPECT_EQ(runner->runs_failed(), 0);
+}
+
+TEST_F(HookRunnerTest, NoCommandRunsNothingUntilOneIsConfigured) {
+  auto runner = Runner("");
+  EXPECT_FALSE(runner->enabled());
+  runner->UsersFingerprint("a");
+  runner->Poll();
+  EXPECT_FALSE(runner->running());
+  EXPECT_EQ(runner->runs_started(), 0);
+
+  runner->Reload({.on_users_changed = Appending(), .timeout = 10s});
+  EXPECT_TRUE(runner->enabled());
+  runner->Poll();
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(Runs(), 1) << "a newly configured hook runs once";
+}
+
+TEST_F(HookRunnerTest, DestroyingTheRunnerKillsARunningHook) {
+  std::string pid_file = dir_.path() + "/pid";
+  auto runner = Runner("echo $$ > '" + pid_file + "'; sleep 60");
+  runner->UsersFingerprint("a");
+  ASSERT_TRUE(LoopUntil([&] { return !ReadFile(pid_file).empty(); }));
+  pid_t pid = std::stoi(ReadFile(pid_file));
+  auto start = std::chrono::steady_clock::now();
+  runner.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  EXPECT_TRUE(Gone(pid));
+  io_.run_for(50ms);  // the queued exit handler must do nothing now
+}
+
+}  // namespace
+}  // namespace boxmeter

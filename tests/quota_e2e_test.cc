@@ -1,0 +1,278 @@
+// The quota loop end to end: a throwaway PostgreSQL, the real
+// boxmeter-collector polling the fake-stats-server binary, and
+// hooks.on_users_changed running the real boxmeter-gen. A user whose
+// committed traffic crosses her quota disappears from the written sing-box
+// config while the others stay; an operator disabling a user without any
+// traffic is noticed the same way.
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "pg_server.h"
+#include "process.h"
+
+namespace boxmeter::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+
+constexpr auto kWait = 30s;
+
+// How many lines of `text` contain `needle` (or are exactly it).
+size_t CountLines(const std::string& text, const std::string& needle,
+                  bool exactly = false) {
+  std::istringstream in(text);
+  size_t count = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (exactly ? line == needle : line.find(needle) != std::string::npos) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+// The hook's own output line: one per successful run.
+size_t HookRuns(const std::string& log) {
+  return CountLines(log, "HOOK-DONE", true);
+}
+
+// The fake-stats-server binary, fed commands through a FIFO on its stdin
+// (see tests/fake_stats_server_main.cc for the protocol).
+class FakeStats {
+ public:
+  FakeStats() {
+    std::string fifo = dir_.path() + "/commands";
+    out_ = dir_.path() + "/stdout";
+    if (mkfifo(fifo.c_str(), 0600) != 0) {
+      throw std::runtime_error("mkfifo " + fifo + ": " + std::strerror(errno));
+    }
+    // Read-write: neither this open nor the child's blocks on the other.
+    fd_ = open(fifo.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd_ < 0) throw std::runtime_error("open " + fifo);
+    Process::Options options;
+    options.argv = {"/bin/sh", "-c", "exec \"$0\" --listen 127.0.0.1:0 <\"$1\"",
+                    BOXMETER_FAKE_STATS_SERVER_BIN, fifo};
+    options.stdout_path = out_;
+    options.stderr_path = dir_.path() + "/stderr";
+    process_ = Process::Start(options);
+    if (!WaitUntil([&] { return Lines().size() >= 1; }, 10s) ||
+        !Lines()[0].starts_with("listening ")) {
+      throw std::runtime_error("fake-stats-server did not start: " +
+                               ReadFile(out_));
+    }
+    address_ = Lines()[0].substr(std::string("listening ").size());
+  }
+  ~FakeStats() { close(fd_); }
+
+  const std::string& address() const { return address_; }
+
+  ::testing::AssertionResult Command(const std::string& command) {
+    std::string line = command + "\n";
+    if (write(fd_, line.data(), line.size()) !=
+        static_cast<ssize_t>(line.size())) {
+      return ::testing::AssertionFailure() << "cannot send " << command;
+    }
+    ++sent_;
+    if (!WaitUntil([&] { return Lines().size() > sent_; }, 10s)) {
+      return ::testing::AssertionFailure() << "no answer to " << command;
+    }
+    if (Lines()[sent_] != "ok") {
+      return ::testing::AssertionFailure()
+             << command << " -> " << Lines()[sent_];
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+ private:
+  std::vector<std::string> Lines() const {
+    std::vector<std::string> lines;
+    std::istringstream in(ReadFile(out_));
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  }
+
+  TempDir dir_;
+  std::string out_;
+  int fd_ = -1;
+  std::unique_ptr<Process> process_;
+  std::string address_;
+  size_t sent_ = 0;
+};
+
+class QuotaLoopTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pg_ = std::make_unique<PgServer>();
+    url_ = pg_->CreateDatabase("quota");
+    fake_ = std::make_unique<FakeStats>();
+    output_ = dir_.path() + "/sing-box/config.json";
+    mkdir((dir_.path() + "/sing-box").c_str(), 0755);
+    log_ = dir_.path() + "/collector.log";
+    std::ofstream(dir_.path() + "/base.json")
+        << R"({"log": {"level": "warn"}, )"
+           R"("outbounds": [{"type": "direct", "tag": "direct"}]})"
+        << "\n";
+    // The hook is the bare binary: the collector passes its config file in
+    // BOXMETER_CONFIG. The path is single-quoted for the shell.
+    std::ofstream(config_path())
+        << "node: e2e\n"
+        << "source:\n  address: \"" << fake_->address() << "\"\n"
+        << "  timeout: 2s\n"
+        << "database:\n  url: \"" << url_ << "\"\n"
+        << "poll:\n  interval: 200ms\n"
+        << "log:\n  level: debug\n"
+        << "generator:\n  template: \"" << dir_.path() << "/base.json\"\n"
+        << "  output: \"" << output_ << "\"\n"
+        << "hooks:\n  on_users_changed: \"'" << BOXMETER_GEN_BIN
+        << "' && echo HOOK-DONE >&2\"\n"
+        << "  timeout: 30s\n";
+
+    std::string log;
+    ASSERT_EQ(RunCommand(Command({BOXMETER_COLLECTOR_BIN, "--config",
+                                  config_path(), "--migrate"}),
+                         60s, &log),
+              0)
+        << log;
+    pg_->Query("quota", R"sql(
+      INSERT INTO users (name, uuid, password, quota_bytes) VALUES
+        ('alice', gen_random_uuid(), 'alice-pw', 1000),
+        ('bob', gen_random_uuid(), 'bob-pw', NULL),
+        ('carol', gen_random_uuid(), 'carol-pw', 1000000000);
+      INSERT INTO inbounds (node, tag, type, listen_port) VALUES
+        ('e2e', 'vless-in', 'vless', 443), ('e2e', 'trojan-in', 'trojan', 8443);
+      INSERT INTO inbound_users SELECT i.id, u.id FROM inbounds i, users u;
+    )sql");
+  }
+
+  std::string config_path() const { return dir_.path() + "/boxmeter.yaml"; }
+
+  Process::Options Command(std::vector<std::string> argv) {
+    Process::Options options;
+    options.argv = std::move(argv);
+    // Nothing from the environment may redirect the binaries.
+    options.env = {{"BOXMETER_DATABASE_URL", ""},
+                   {"BOXMETER_CONFIG", ""},
+                   {"NOTIFY_SOCKET", ""}};
+    return options;
+  }
+
+  void StartCollector() {
+    Process::Options options =
+        Command({BOXMETER_COLLECTOR_BIN, "--config", config_path()});
+    options.stderr_path = log_;
+    collector_ = Process::Start(options);
+  }
+
+  // The stats users of the written config, and each inbound's users.
+  std::string ConfigUsers() {
+    std::string text = ReadFile(output_);
+    if (text.empty()) return "(no config)";
+    Json config = Json::parse(text, nullptr, false);
+    if (config.is_discarded()) return "(not JSON)";
+    std::string out;
+    for (const Json& name :
+         config["experimental"]["v2ray_api"]["stats"]["users"]) {
+      out += name.get<std::string>() + " ";
+    }
+    for (const Json& inbound : config["inbounds"]) {
+      out += "| " + inbound["tag"].get<std::string>() + ":";
+      for (const Json& user : inbound["users"]) {
+        out += " " + user["name"].get<std::string>();
+      }
+    }
+    return out;
+  }
+
+  ::testing::AssertionResult ConfigHasUsers(const std::string& expected) {
+    std::string actual;
+    if (WaitUntil([&] { return (actual = ConfigUsers()) == expected; }, kWait,
+                  100ms)) {
+      return ::testing::AssertionSuccess();
+    }
+    return ::testing::AssertionFailure()
+           << "the config's users are \"" << actual << "\", expected \""
+           << expected << "\"; collector log tail:\n"
+           << Tail(ReadFile(log_));
+  }
+
+  static std::string Tail(const std::string& text) {
+    return text.size() > 6000 ? text.substr(text.size() - 6000) : text;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<PgServer> pg_;
+  std::string url_;
+  std::unique_ptr<FakeStats> fake_;
+  std::string output_;
+  std::string log_;
+  std::unique_ptr<Process> collector_;
+};
+
+TEST_F(QuotaLoopTest, UserOverQuotaLeavesTheConfigAndTheOthersStay) {
+  StartCollector();
+  // At start the hook writes the config once, with everyone in it.
+  ASSERT_TRUE(
+      ConfigHasUsers("alice bob carol | trojan-in: alice bob carol"
+                     "| vless-in: alice bob carol"));
+  struct stat st;
+  ASSERT_EQ(stat(output_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(HookRuns(ReadFile(log_)), 1u);
+
+  // Traffic under the quota changes nothing.
+  ASSERT_TRUE(fake_->Command("set user>>>alice>>>traffic>>>uplink 400"));
+  ASSERT_TRUE(fake_->Command("set user>>>bob>>>traffic>>>downlink 5000"));
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return pg_->Query("quota",
+                          "SELECT total FROM user_traffic WHERE name = "
+                          "'alice'") == "400";
+      },
+      kWait));
+  EXPECT_EQ(HookRuns(ReadFile(log_)), 1u);
+
+  // alice's committed total reaches 1000 + 100: she is over quota.
+  ASSERT_TRUE(fake_->Command("set user>>>alice>>>traffic>>>downlink 700"));
+  ASSERT_TRUE(
+      ConfigHasUsers("bob carol | trojan-in: bob carol"
+                     "| vless-in: bob carol"));
+  EXPECT_EQ(pg_->Query("quota",
+                       "SELECT total FROM user_traffic WHERE name = 'alice'"),
+            "1100");
+  EXPECT_EQ(pg_->Query("quota", "SELECT name FROM eligible_users ORDER BY 1"),
+            "bob\ncarol");
+  EXPECT_EQ(HookRuns(ReadFile(log_)), 2u);
+  EXPECT_GE(CountLines(ReadFile(log_), "the users of this node changed"), 1u);
+
+  // An operator disables carol: no traffic, no commit, and still noticed.
+  pg_->Query("quota", "UPDATE users SET enabled = false WHERE name = 'carol'");
+  ASSERT_TRUE(ConfigHasUsers("bob | trojan-in: bob| vless-in: bob"));
+
+  // Raising alice's quota brings her back.
+  pg_->Query("quota",
+             "UPDATE users SET quota_bytes = 1000000 WHERE name = 'alice'");
+  EXPECT_TRUE(
+      ConfigHasUsers("alice bob | trojan-in: alice bob"
+                     "| vless-in: alice bob"));
+  EXPECT_EQ(HookRuns(ReadFile(log_)), 4u);
+
+  collector_->Signal(SIGTERM);
+  EXPECT_EQ(collector_->Wait(20s), 0) << Tail(ReadFile(log_));
+}
+
+}  // namespace
+}  // namespace boxmeter::testing

@@ -1,0 +1,155 @@
+// users_fingerprint() through PgStore on a throwaway PostgreSQL: it moves
+// exactly when boxmeter-gen's input for the node does (a quota crossed by a
+// commit, an expiry passing, an operator's change), and not for traffic that
+// changes no one's eligibility or for another node's rows.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "pg_server.h"
+#include "pg_store.h"
+#include "process.h"
+
+namespace boxmeter {
+namespace {
+
+using boxmeter::testing::PgServer;
+using boxmeter::testing::WaitUntil;
+using namespace std::chrono_literals;
+
+class UsersFingerprintTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    try {
+      server_ = new PgServer();
+    } catch (const std::exception& e) {
+      server_error_ = new std::string(e.what());
+    }
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+    delete server_error_;
+    server_error_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr) << *server_error_;
+    static int databases = 0;
+    database_ = "fingerprint_test_" + std::to_string(++databases);
+    store_ =
+        std::make_unique<PgStore>(server_->CreateDatabase(database_), "edge-1");
+    Status status = store_->Migrate();
+    ASSERT_TRUE(status.ok()) << status.message();
+    NodeState state;
+    status = store_->LoadNode(&state);
+    ASSERT_TRUE(status.ok()) << status.message();
+    seq_ = state.commit_seq;
+    Sql(R"sql(
+      INSERT INTO users (name, uuid, password, quota_bytes) VALUES
+        ('alice', gen_random_uuid(), 'pw', 1000),
+        ('bob', gen_random_uuid(), 'pw', NULL);
+      INSERT INTO inbounds (node, tag, type) VALUES
+        ('edge-1', 'vless-in', 'vless'), ('edge-2', 'other-in', 'vless');
+      INSERT INTO inbound_users SELECT i.id, u.id FROM inbounds i, users u;
+    )sql");
+  }
+
+  std::string Sql(const std::string& sql) {
+    return server_->Query(database_, sql);
+  }
+
+  std::string Read() {
+    std::string fingerprint;
+    Status status = store_->ReadUsersFingerprint(&fingerprint);
+    EXPECT_TRUE(status.ok()) << status.message();
+    EXPECT_EQ(fingerprint.size(), 32u) << fingerprint;
+    return fingerprint;
+  }
+
+  // Commits `up` bytes of uplink for user `name`; the fingerprint reported.
+  std::string CommitTraffic(const std::string& name, int64_t up) {
+    total_ += up;
+    CommitBatch batch{seq_,
+                      0,
+                      {CommitRow{CounterKey{CounterKind::kUser, name},
+                                 {up, 0},
+                                 {total_, 0},
+                                 1767320000000}}};
+    CommitResult result = store_->Commit(batch);
+    EXPECT_EQ(result.outcome, CommitOutcome::kApplied)
+        << result.status.message();
+    ++seq_;
+    return result.users_fingerprint;
+  }
+
+  static PgServer* server_;
+  static std::string* server_error_;
+  std::string database_;
+  std::unique_ptr<PgStore> store_;
+  int64_t seq_ = 0;
+  int64_t total_ = 0;  // the baseline grows with every commit
+};
+
+PgServer* UsersFingerprintTest::server_ = nullptr;
+std::string* UsersFingerprintTest::server_error_ = nullptr;
+
+TEST_F(UsersFingerprintTest, MovesInTheCommitThatCrossesAQuota) {
+  std::string start = Read();
+  EXPECT_EQ(CommitTraffic("alice", 999), start) << "still under quota";
+  EXPECT_EQ(Read(), start);
+  std::string crossed = CommitTraffic("alice", 1);
+  EXPECT_NE(crossed, start) << "the commit itself reports the crossing";
+  EXPECT_EQ(Read(), crossed);
+  EXPECT_EQ(CommitTraffic("alice", 5000), crossed) << "already out";
+}
+
+TEST_F(UsersFingerprintTest, TrafficOfUnlimitedOrUnknownUsersChangesNothing) {
+  std::string start = Read();
+  EXPECT_EQ(CommitTraffic("bob", 1'000'000), start);
+  EXPECT_EQ(CommitTraffic("not-in-users", 1'000'000), start);
+}
+
+TEST_F(UsersFingerprintTest, OperatorChangesMoveIt) {
+  std::string last = Read();
+  for (const char* change : {
+           "UPDATE users SET enabled = false WHERE name = 'bob'",
+           "UPDATE users SET enabled = true WHERE name = 'bob'",
+           "UPDATE users SET password = 'new' WHERE name = 'bob'",
+           "UPDATE users SET flow = 'xtls-rprx-vision' WHERE name = 'bob'",
+           "UPDATE users SET quota_bytes = 0 WHERE name = 'bob'",
+           "UPDATE inbounds SET options = '{\"tls\": {}}' WHERE tag = "
+           "'vless-in'",
+           "INSERT INTO inbounds (node, tag, type) VALUES ('edge-1', 'x', "
+           "'trojan')",
+           "UPDATE inbounds SET enabled = false WHERE tag = 'x'",
+           "DELETE FROM inbound_users WHERE user_id = (SELECT id FROM users "
+           "WHERE name = 'alice')",
+       }) {
+    Sql(change);
+    std::string now = Read();
+    EXPECT_NE(now, last) << change;
+    last = now;
+  }
+}
+
+TEST_F(UsersFingerprintTest, AnotherNodesRowsDoNotMoveIt) {
+  std::string start = Read();
+  Sql("UPDATE inbounds SET listen_port = 9 WHERE tag = 'other-in'");
+  Sql("INSERT INTO users (name, password) VALUES ('zed', 'pw')");
+  Sql("UPDATE users SET note = 'a note' WHERE name = 'alice'");
+  EXPECT_EQ(Read(), start);
+}
+
+TEST_F(UsersFingerprintTest, MovesWhenAnExpiryPassesWithoutAnyWrite) {
+  Sql("UPDATE users SET expires_at = now() + interval '1 second' "
+      "WHERE name = 'bob'");
+  std::string before = Read();
+  EXPECT_TRUE(WaitUntil([&] { return Read() != before; }, 10s, 100ms));
+  EXPECT_EQ(Sql("SELECT name FROM eligible_users"), "alice");
+}
+
+}  // namespace
+}  // namespace boxmeter
