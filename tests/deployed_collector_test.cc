@@ -9,8 +9,9 @@
 //   STATUS=...  after polls, saying whether the database is reachable;
 //   STOPPING=1  on SIGTERM, then exit 0 (Restart=on-failure stays quiet).
 //
-// Also: boxmeter-gen turns the base template into a config that makes
-// sing-box count what boxmeter reads.
+// Also: the collector runs the example config's hook, which creates the file
+// boxmeter-gen.path watches; and boxmeter-gen turns the base template into a
+// config that makes sing-box count what boxmeter reads.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -416,6 +417,32 @@ TEST_F(DeployedCollectorTest, NoWatchdogPingsUnlessAsked) {
       WaitUntil([&] { return notify_.Matching("STATUS=").size() >= 6; }, 20s))
       << LogTail();
   EXPECT_EQ(notify_.Matching("WATCHDOG=").size(), 0u);
+  collector_->Signal(SIGTERM);
+  EXPECT_EQ(collector_->Wait(30s), 0) << LogTail();
+}
+
+// The collector runs the example config's hook once it has read the users
+// (the first time after every start), and that creates the file
+// boxmeter-gen.path watches. /run/boxmeter (the unit's RuntimeDirectory=) is
+// a temporary directory here.
+TEST_F(DeployedCollectorTest, RunsTheHookThatStartsTheGenerator) {
+  Config example;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(LoadConfig(kSourceDir + "/deploy/boxmeter.example.yaml", {},
+                         &example, &errors));
+  std::string hook = example.hooks.on_users_changed;
+  std::string moved = std::regex_replace(hook, std::regex("/run/boxmeter/"),
+                                         dir_.path() + "/run/");
+  ASSERT_NE(moved, hook);
+  ASSERT_EQ(mkdir((dir_.path() + "/run").c_str(), 0700), 0);
+  std::string trigger = dir_.path() + "/run/users-changed";
+
+  StartCollector(
+      WriteConfig("hooks:\n  on_users_changed: \"" + moved + "\"\n"));
+  EXPECT_TRUE(
+      WaitUntil([&] { return access(trigger.c_str(), F_OK) == 0; }, 30s))
+      << trigger << " was not created\n"
+      << LogTail();
   collector_->Signal(SIGTERM);
   EXPECT_EQ(collector_->Wait(30s), 0) << LogTail();
 }
