@@ -299,6 +299,9 @@ void Collector::OnFetched(Status status, StatsReply reply) {
                                     snapshot.counters.size(), observed.changed);
     LogDebug("{}", last_poll_result_);
   }
+  if (last_fetch_ok_ && database_ready_ && !database_health_.down()) {
+    notifier_.Healthy();
+  }
   MaybeCommit();
   UpdateStatus();
   MaybeFinish();

@@ -6,6 +6,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,9 @@ std::string Usage() {
          "  BOXMETER_DATABASE_URL  overrides database.url\n"
          "  PG* and ~/.pgpass      as libpq reads them\n"
          "  NOTIFY_SOCKET          systemd readiness, status and watchdog\n"
+         "  BOXMETER_HEALTH_FILE   touched after every poll that reached both\n"
+         "                         the stats API and the database (for\n"
+         "                         container health checks)\n"
          "\n"
          "Exit status:\n"
          "  0   success (and after SIGTERM/SIGINT)\n"
@@ -140,7 +144,8 @@ int Main(int argc, char** argv) {
   StableClock clock;
   GrpcStatsSource source(config.source.address, config.source.max_message_size,
                          [&clock] { return clock.NowMs(); });
-  SystemdNotifier notifier;
+  const char* health_file = std::getenv("BOXMETER_HEALTH_FILE");
+  SystemdNotifier notifier(health_file ? health_file : "");
   boost::asio::io_context io;
   Collector collector(io, config, source, store, notifier);
 

@@ -198,6 +198,22 @@ TEST_F(CollectorTest, ReloadAppliesANewIntervalAtOnce) {
   SetLogLevel(LogLevel::kInfo);
 }
 
+TEST_F(CollectorTest, HealthyOnlyAfterAPollThatReachedBothPeers) {
+  store_.SetUp(false);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= 3; }));
+  EXPECT_EQ(Count("HEALTHY"), 0);
+  store_.SetUp(true);
+  ASSERT_TRUE(RunUntil([&] { return Count("READY=1") == 1; }));
+  EXPECT_TRUE(RunUntil([&] { return Count("HEALTHY") >= 1; }));
+  source_.Fail(Status::Unavailable("sing-box is gone"));
+  int fetches = source_.fetches();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 2; }));
+  int healthy = Count("HEALTHY");
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 5; }));
+  EXPECT_EQ(Count("HEALTHY"), healthy);
+}
+
 TEST(CollectorWatchdogTest, PingsAtTheRequestedRate) {
   Config config;
   config.node = "n";

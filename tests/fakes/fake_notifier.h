@@ -17,6 +17,7 @@ class FakeNotifier : public Notifier {
   }
   void Watchdog() override { events.push_back("WATCHDOG=1"); }
   void Stopping() override { events.push_back("STOPPING=1"); }
+  void Healthy() override { events.push_back("HEALTHY"); }
   std::optional<std::chrono::microseconds> WatchdogInterval() override {
     return watchdog;
   }
