@@ -324,6 +324,7 @@ void Collector::MaybeCommit() {
   }
   if (finishing) final_commit_tried_ = true;
   auto batch = std::make_shared<CommitBatch>(engine_.Prepare());
+  batch->read_users_fingerprint = mode_ == Mode::kDaemon && hooks_.enabled();
   size_t rows = batch->rows.size();
   OnDatabase<CommitResult>(
       [this, batch] {

@@ -53,6 +53,9 @@ struct CommitBatch {
   int64_t expected_seq = 0;
   int64_t observed_at_ms = 0;  // when the newest included traffic was seen
   std::vector<CommitRow> rows;
+  // Also read the node's users fingerprint in the same transaction (only the
+  // hooks need it, and it costs a scan of the node's users).
+  bool read_users_fingerprint = false;
 };
 
 struct ObserveResult {

@@ -404,8 +404,11 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
       tx.exec_params(kApplyCommit, node_, HourStartSeconds(observed_ms));
     }
     // After the traffic is added, so a quota this commit crossed shows.
-    std::string users_fingerprint =
-        tx.exec_params1(kUsersFingerprint, node_)[0].as<std::string>();
+    std::string users_fingerprint;
+    if (batch.read_users_fingerprint) {
+      users_fingerprint =
+          tx.exec_params1(kUsersFingerprint, node_)[0].as<std::string>();
+    }
     commit_sent = true;
     tx.commit();
     return {CommitOutcome::kApplied, Status::Ok(), users_fingerprint};

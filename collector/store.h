@@ -29,7 +29,8 @@ struct CommitResult {
   Status status;  // why, when not applied
   // When applied: the node's users fingerprint (see ReadUsersFingerprint)
   // as of the end of this commit, read in its transaction, so a user whose
-  // quota this commit crossed shows at once. Empty when not known.
+  // quota this commit crossed shows at once. Empty when not known or not
+  // asked for (CommitBatch::read_users_fingerprint).
   std::string users_fingerprint = {};
 };
 

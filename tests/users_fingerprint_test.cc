@@ -78,6 +78,7 @@ class UsersFingerprintTest : public ::testing::Test {
                                  {up, 0},
                                  {total_, 0},
                                  1767320000000}}};
+    batch.read_users_fingerprint = true;
     CommitResult result = store_->Commit(batch);
     EXPECT_EQ(result.outcome, CommitOutcome::kApplied)
         << result.status.message();

@@ -71,7 +71,8 @@ class FakeStore : public Store {
       ++applied_;
     }
     if (next == Next::kApplied) {
-      return {CommitOutcome::kApplied, Status::Ok(), users_fingerprint_};
+      return {CommitOutcome::kApplied, Status::Ok(),
+              batch.read_users_fingerprint ? users_fingerprint_ : ""};
     }
     return {CommitOutcome::kUnknown, Status::Unavailable("fake: lost reply")};
   }
