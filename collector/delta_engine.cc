@@ -118,17 +118,23 @@ ObserveResult DeltaEngine::Observe(const Snapshot& snapshot) {
   return result;
 }
 
+void DeltaEngine::ReleaseInFlight() {
+  // Swapped with an empty vector, not cleared: clear() keeps the capacity,
+  // a batch's worth of memory for as long as the engine lives.
+  std::vector<std::pair<Entry*, CounterValues>>().swap(in_flight_);
+  in_flight_seq_.reset();
+}
+
 CommitBatch DeltaEngine::Prepare() {
   assert(loaded_ && !in_flight());
   CommitBatch batch;
   batch.expected_seq = commit_seq_;
   batch.observed_at_ms = last_observed_at_ms_;
   batch.rows.reserve(counters_with_pending_);
-  in_flight_entries_.reserve(counters_with_pending_);
+  in_flight_.reserve(counters_with_pending_);
   for (auto& [key, entry] : counters_) {
     if (IsZero(entry.pending)) continue;
-    entry.in_flight = entry.pending;
-    in_flight_entries_.push_back(&entry);
+    in_flight_.emplace_back(&entry, entry.pending);
     batch.rows.push_back(
         CommitRow{key, entry.pending, entry.last, entry.instance_start_ms});
   }
@@ -138,22 +144,18 @@ CommitBatch DeltaEngine::Prepare() {
 
 void DeltaEngine::Committed() {
   assert(in_flight());
-  for (Entry* entry : in_flight_entries_) {
-    entry->pending.uplink -= entry->in_flight.uplink;
-    entry->pending.downlink -= entry->in_flight.downlink;
-    entry->in_flight = {};
+  for (auto& [entry, taken] : in_flight_) {
+    entry->pending.uplink -= taken.uplink;
+    entry->pending.downlink -= taken.downlink;
     if (IsZero(entry->pending)) --counters_with_pending_;
   }
   commit_seq_ = *in_flight_seq_ + 1;
-  in_flight_entries_.clear();
-  in_flight_seq_.reset();
+  ReleaseInFlight();
 }
 
 void DeltaEngine::NotCommitted() {
   assert(in_flight());
-  for (Entry* entry : in_flight_entries_) entry->in_flight = {};
-  in_flight_entries_.clear();
-  in_flight_seq_.reset();
+  ReleaseInFlight();
 }
 
 bool DeltaEngine::Resolve(int64_t database_seq) {

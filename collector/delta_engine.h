@@ -25,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "counter_name.h"
@@ -97,11 +98,12 @@ class DeltaEngine {
   int64_t pending_bytes() const;
 
  private:
+  // One per tracked counter, so its size is most of the collector's memory:
+  // what a batch in flight took from pending lives in in_flight_ instead.
   struct Entry {
     CounterValues last;
     int64_t instance_start_ms = 0;
     CounterValues pending;
-    CounterValues in_flight;
   };
 
   // Adds the traffic from `from` (in `from_instance`) to `to` (in
@@ -110,6 +112,8 @@ class DeltaEngine {
                   int64_t from_instance, const CounterValues& to,
                   int64_t to_instance);
   void AddPending(Entry& entry, const CounterValues& delta);
+  // Forgets the batch in flight and frees what it held.
+  void ReleaseInFlight();
 
   std::unordered_map<CounterKey, Entry, CounterKeyHash> counters_;
   // The first observation of each counter made before Load.
@@ -118,10 +122,12 @@ class DeltaEngine {
   int64_t commit_seq_ = 0;
   int64_t last_observed_at_ms_ = 0;
   size_t counters_with_pending_ = 0;
-  // The batch in flight: the sequence it expects and the entries it covers.
-  // Entry addresses are stable: an unordered_map never moves its elements.
+  // The batch in flight: the sequence it expects, the entries it covers and
+  // what it took from their pending. Entry addresses are stable: an
+  // unordered_map never moves its elements. Released after each commit, so
+  // a batch of every counter does not stay allocated between commits.
   std::optional<int64_t> in_flight_seq_;
-  std::vector<Entry*> in_flight_entries_;
+  std::vector<std::pair<Entry*, CounterValues>> in_flight_;
 };
 
 }  // namespace boxmeter
