@@ -132,6 +132,10 @@ int Main(int argc, char** argv) {
 
   Config config;
   if (!LoadConfigOrReport(cli, &config)) return EX_CONFIG;
+  for (const std::string& warning :
+       ConfigWarnings(config, ProcessEnvironment())) {
+    LogWarn("{}", warning);
+  }
   if (cli.Has("check-config")) {
     std::printf("%s: ok\n", config.path.c_str());
     return 0;

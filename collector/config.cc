@@ -10,15 +10,18 @@
 // under the wrong key never leaks into a log either.
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <fmt/core.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cctype>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -818,8 +821,9 @@ class ConfigReader {
 };
 
 // The length of a password value in key=value form starting at `begin`:
-// a quoted value runs to its closing quote (backslash escapes), a bare one to
-// the next space, or in a URL's query to the next & or #.
+// a quoted value runs to its closing quote, a bare one to the next unescaped
+// space (libpq honours backslash escapes in both), or in a URL's query to the
+// next & or #.
 size_t ValueLength(std::string_view text, size_t begin, bool in_url) {
   if (begin >= text.size()) return 0;
   char quote = text[begin];
@@ -835,9 +839,9 @@ size_t ValueLength(std::string_view text, size_t begin, bool in_url) {
                : std::isspace(static_cast<unsigned char>(c))) {
       break;
     }
-    ++i;
+    i += !in_url && c == '\\' ? 2 : 1;
   }
-  return i - begin;
+  return std::min(i, text.size()) - begin;
 }
 
 // Redacts `password=…` and `sslpassword=…` (libpq's secret keywords) in
@@ -960,6 +964,98 @@ std::string RedactUrl(std::string_view url) {
   }
   RedactPasswordParameters(&out, is_url);
   return out;
+}
+
+// --- Warnings --------------------------------------------------------------
+
+namespace {
+
+// Who besides the owner can read `path`: "others", "its group", or "" for
+// nobody. A class can read the file if the file grants it read and every
+// directory above grants it search (x): a 0644 file in a 0700 directory is
+// safe. Errors (a file that vanished) count as nobody: the load just worked.
+std::string ReadableBeyondOwner(const std::string& path) {
+  char* resolved = realpath(path.c_str(), nullptr);
+  if (!resolved) return "";
+  std::string full(resolved);
+  free(resolved);
+  struct stat st;
+  if (stat(full.c_str(), &st) != 0) return "";
+  bool others = st.st_mode & S_IROTH;
+  bool group = st.st_mode & S_IRGRP;
+  for (size_t slash = full.rfind('/'); slash != std::string::npos && slash > 0;
+       slash = full.rfind('/', slash - 1)) {
+    struct stat dir;
+    if (stat(full.substr(0, slash).c_str(), &dir) != 0) return "";
+    others = others && (dir.st_mode & S_IXOTH);
+    group = group && (dir.st_mode & S_IXGRP);
+  }
+  if (others) return "others";
+  if (group) return "its group";
+  return "";
+}
+
+// 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z), and the names that resolve
+// only to those: localhost, *.localhost (RFC 6761), Debian's ip6-localhost
+// and ip6-loopback.
+bool IsLoopbackHost(std::string host) {
+  for (char& c : host) c = std::tolower(static_cast<unsigned char>(c));
+  if (!host.empty() && host.back() == '.') host.pop_back();
+  if (host == "localhost" || host.ends_with(".localhost") ||
+      host == "ip6-localhost" || host == "ip6-loopback") {
+    return true;
+  }
+  unsigned char v4[4];
+  if (inet_pton(AF_INET, host.c_str(), v4) == 1) return v4[0] == 127;
+  struct in6_addr v6;
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    return IN6_IS_ADDR_LOOPBACK(&v6) ||
+           (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+  }
+  return false;
+}
+
+// The host of a validated source.address: "[v6]:port" or "host:port".
+std::string AddressHost(std::string_view address) {
+  if (address.starts_with('[')) {
+    size_t close = address.find(']');
+    return std::string(
+        address.substr(1, close == address.npos ? address.npos : close - 1));
+  }
+  return std::string(address.substr(0, address.rfind(':')));
+}
+
+}  // namespace
+
+std::vector<std::string> ConfigWarnings(const Config& config,
+                                        const Environment& env) {
+  std::vector<std::string> warnings;
+  auto from_env = env.find(std::string(kDatabaseUrlVariable));
+  bool url_from_file = from_env == env.end() || from_env->second.empty();
+  bool has_password = RedactUrl(config.database.url) != config.database.url;
+  if (url_from_file && has_password && !config.path.empty()) {
+    std::string readers = ReadableBeyondOwner(config.path);
+    if (!readers.empty()) {
+      warnings.push_back(fmt::format(
+          "{}: database.url holds a password and the file is readable by "
+          "{}; make it readable by its owner only (chmod 600 {}), or keep "
+          "the password out of it: ~/.pgpass, PGPASSFILE, or {} in the "
+          "environment",
+          config.path, readers, config.path, kDatabaseUrlVariable));
+    }
+  }
+  if (!config.source.address.empty() &&
+      !IsLoopbackHost(AddressHost(config.source.address))) {
+    warnings.push_back(fmt::format(
+        "{}: source.address {} is not a loopback address; sing-box's stats "
+        "API has no TLS and no authentication, so whoever can reach it can "
+        "read (and reset) every user's counters. Listen on 127.0.0.1 or "
+        "[::1], or make sure only the collector can reach that address (a "
+        "shared pod or container network namespace, a firewall)",
+        config.path.empty() ? "config" : config.path,
+        Quote(config.source.address)));
+  }
+  return warnings;
 }
 
 }  // namespace boxmeter

@@ -80,4 +80,15 @@ bool LoadConfig(const std::string& path, const Environment& env, Config* out,
 // `url` with any password replaced by "***", for logs and errors.
 std::string RedactUrl(std::string_view url);
 
+// What is risky but not wrong in a loaded config, one message per problem,
+// each naming the file or key and what to do; empty when nothing is:
+// - database.url holds a password (and $BOXMETER_DATABASE_URL does not
+//   override it) while the file can be read by its group or by others
+//   (the mode bits of the file and the search bits of its directories);
+// - source.address is not a loopback address: the stats API has neither TLS
+//   nor authentication.
+// Messages never contain the password. The binaries log them at start-up.
+std::vector<std::string> ConfigWarnings(const Config& config,
+                                        const Environment& env);
+
 }  // namespace boxmeter
