@@ -7,6 +7,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <stdexcept>
 #include <string_view>
 
 namespace boxmeter {
@@ -75,6 +76,23 @@ bool IsUuid(std::string_view text) {
 std::string Lower(std::string text) {
   for (char& c : text) c = std::tolower(static_cast<unsigned char>(c));
   return text;
+}
+
+// Deeper than any sing-box config needs. nlohmann's parser is iterative, but
+// copying and writing a value recurse once per level (a template 100,000
+// levels deep overflowed the stack) and the indented output grows with the
+// square of the depth (30,000 levels: 1.8 GB), so deeper input is refused.
+constexpr int kMaxJsonDepth = 100;
+
+// Json::parse that throws std::invalid_argument past kMaxJsonDepth.
+Json ParseLimited(const std::string& text) {
+  return Json::parse(text, [](int depth, Json::parse_event_t, Json&) {
+    if (depth > kMaxJsonDepth) {
+      throw std::invalid_argument(
+          fmt::format("nested deeper than {} levels", kMaxJsonDepth));
+    }
+    return true;
+  });
 }
 
 // nlohmann's messages start with "[json.exception.parse_error.101] ".
@@ -191,7 +209,7 @@ class Generator {
     const std::string& name = template_name_;
     Json config;
     try {
-      config = Json::parse(input_.template_json);
+      config = ParseLimited(input_.template_json);
     } catch (const std::exception& e) {
       Error(fmt::format(
           "{} is not valid JSON: {}; it must hold a sing-box config as a "
@@ -341,7 +359,7 @@ class Generator {
 
     Json options;
     try {
-      options = Json::parse(row.options_json);
+      options = ParseLimited(row.options_json);
     } catch (const std::exception& e) {
       Error(
           fmt::format("inbound '{}': options are not valid JSON ({}); "
