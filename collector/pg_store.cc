@@ -1,5 +1,6 @@
 #include "pg_store.h"
 
+#include <algorithm>
 #include <chrono>
 #include <pqxx/pqxx>
 #include <set>
@@ -192,6 +193,49 @@ struct KeyViewHash {
            static_cast<size_t>(key.kind);
   }
 };
+
+// A btree entry must fit in a third of a page (about 2.7 kB, after
+// compression), so UNIQUE (node, kind, name) refuses a long name that does
+// not compress well. Shorter names always fit.
+constexpr size_t kSurelyIndexableName = 2000;
+
+// Drops from `rows`, with a warning each, the names the counters' indexes
+// cannot hold: one would fail its batch and every later one, blocking the
+// node. Only names past kSurelyIndexableName are tried, each under a
+// savepoint against a temporary table with the same unique index.
+void LeaveOutUnindexable(pqxx::work& tx, const std::string& node,
+                         std::vector<const CommitRow*>* rows) {
+  auto long_name = [](const CommitRow* row) {
+    return row->key.name.size() > kSurelyIndexableName;
+  };
+  if (std::none_of(rows->begin(), rows->end(), long_name)) return;
+  tx.exec(
+      "CREATE TEMP TABLE boxmeter_name_probe (node text, kind text, name "
+      "text, UNIQUE (node, kind, name)) ON COMMIT DROP");
+  std::erase_if(*rows, [&](const CommitRow* row) {
+    if (!long_name(row)) return false;
+    // A savepoint by hand: pqxx 6's subtransaction leaves the transaction
+    // aborted after a failed statement.
+    tx.exec("SAVEPOINT boxmeter_name_probe");
+    try {
+      tx.exec_params("INSERT INTO boxmeter_name_probe VALUES ($1, $2, $3)",
+                     node, std::string(CounterKindName(row->key.kind)),
+                     row->key.name);
+      tx.exec("ROLLBACK TO SAVEPOINT boxmeter_name_probe");
+      return false;
+    } catch (const pqxx::sql_error& e) {
+      if (e.sqlstate() != "54000") throw;  // program_limit_exceeded
+      tx.exec("ROLLBACK TO SAVEPOINT boxmeter_name_probe");
+      LogWarn(
+          "left out {} counter whose name is {} bytes long (it starts {:?}): "
+          "PostgreSQL cannot index a name that long; its traffic is not "
+          "recorded",
+          CounterKindName(row->key.kind), row->key.name.size(),
+          row->key.name.substr(0, 40));
+      return true;
+    }
+  });
+}
 
 // Start of the UTC hour that contains `ms`, in seconds since the epoch.
 int64_t HourStartSeconds(int64_t ms) {
@@ -431,6 +475,7 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
                   "; is another collector running with node: " + node_ +
                   "? The node's state must be reloaded from the database")};
     }
+    LeaveOutUnindexable(tx, node_, &rows);
     if (!rows.empty()) {
       tx.exec(kCreateCommitTable);
       pqxx::stream_to stream(

@@ -19,6 +19,9 @@
 //   is left out with a warning; the rest of the batch applies. Such a name
 //   cannot come from sing-box (protobuf strings are UTF-8), only from a
 //   broken peer, and rejecting the batch would block the node forever.
+//   The same holds for a name too long for the counters' unique index
+//   (past about 2.7 kB once compressed; tried only for names over 2000
+//   bytes).
 // - Duplicate keys in one batch are a caller bug: kNotApplied, kInvalid.
 // - A batch whose expected_seq is not the database's is kNotApplied with
 //   Status::kInvalid: another writer committed for this node (two collectors
