@@ -26,6 +26,7 @@ test_packages=(
   v2ray                  # v2ray-core 4.34: the real StatsService peer
   curl                   # pushes real traffic through v2ray's socks inbound
   procps                 # ps/pgrep, used by the scripts
+  clang libclang-rt-14-dev  # libFuzzer and its sanitizers (scripts/fuzz.sh)
   systemd                # systemd-analyze verify/security on deploy/systemd
 )
 runtime_packages=(

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds boxmeter with sanitizers and runs the tests under them:
+#
+#   asan  AddressSanitizer + UndefinedBehaviorSanitizer (and LeakSanitizer),
+#         build-asan: every unit and integration test (not the chaos run).
+#   tsan  ThreadSanitizer, build-tsan: the threaded parts: the poll loop
+#         (CollectorTest), the gRPC source and the fake server, the hook
+#         runner, and the end-to-end tests with the collector binary built
+#         under TSan.
+#
+#   scripts/sanitize.sh [asan|tsan|all]     (default: all)
+#
+# Every instrumented process (test binaries, and the collector and
+# fake-stats-server they start) writes its reports to build-*/sanitizer-logs/;
+# the run fails if any report appears there or any test fails, so "clean"
+# means zero reports. Suppressions (tests/sanitizers/*.supp) name only frames
+# of Debian's uninstrumented libraries (gRPC, protobuf, abseil, libpq); each
+# entry says why. Environment: JOBS (build parallelism, default 2),
+# CTEST_JOBS (default 2), TARGETS (what to build; default: everything).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+what=${1:-all}
+jobs=${JOBS:-2}
+ctest_jobs=${CTEST_JOBS:-2}
+supp="$root/tests/sanitizers"
+
+configure_and_build() {  # DIR SANITIZERS
+  cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DBOXMETER_SANITIZE="$2" >/dev/null
+  # shellcheck disable=SC2086
+  ninja -C "$1" -j"$jobs" ${TARGETS:-}
+}
+
+# Fails with the reports if any process wrote one.
+check_logs() {  # DIR NAME
+  local logs=("$1"/sanitizer-logs/*)
+  if [ -e "${logs[0]}" ]; then
+    echo "=== $2: ${#logs[@]} sanitizer report file(s):" >&2
+    for log in "${logs[@]}"; do
+      echo "--- $log" >&2
+      head -80 "$log" >&2
+    done
+    return 1
+  fi
+  echo "=== $2: no sanitizer reports"
+}
+
+run_asan() {
+  local dir=build-asan
+  configure_and_build "$dir" address,undefined
+  rm -rf "$dir/sanitizer-logs" && mkdir -p "$dir/sanitizer-logs"
+  local log="$root/$dir/sanitizer-logs"
+  local status=0
+  ASAN_OPTIONS="log_path=$log/asan:detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1" \
+  LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0" \
+  UBSAN_OPTIONS="log_path=$log/ubsan:print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsan.supp" \
+    ctest --test-dir "$dir" --output-on-failure -j"$ctest_jobs" -LE chaos \
+    || status=$?
+  check_logs "$dir" "ASan+UBSan" || status=1
+  return $status
+}
+
+run_tsan() {
+  local dir=build-tsan
+  configure_and_build "$dir" thread
+  rm -rf "$dir/sanitizer-logs" && mkdir -p "$dir/sanitizer-logs"
+  local log="$root/$dir/sanitizer-logs"
+  local status=0
+  # The threaded parts: the poll loop with its database worker, the gRPC
+  # callbacks, the fake server, the hook runner's waiter, and the binary.
+  TSAN_OPTIONS="log_path=$log/tsan:halt_on_error=0:second_deadlock_stack=1:suppressions=$supp/tsan.supp" \
+    ctest --test-dir "$dir" --output-on-failure -j"$ctest_jobs" -LE chaos \
+    -R '^(Collector|GrpcStatsSource|FakeStatsServer|HookRunner|Hostile)' \
+    || status=$?
+  check_logs "$dir" "TSan" || status=1
+  return $status
+}
+
+status=0
+case "$what" in
+  asan) run_asan || status=$? ;;
+  tsan) run_tsan || status=$? ;;
+  all)
+    run_asan || status=$?
+    run_tsan || status=$?
+    ;;
+  *)
+    echo "usage: $0 [asan|tsan|all] (got \"$what\")" >&2
+    exit 64
+    ;;
+esac
+exit $status
