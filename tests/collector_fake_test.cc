@@ -3,20 +3,17 @@
 // demand through its stdin) into a throwaway PostgreSQL. These are the faults
 // v2ray-core cannot be made to show: duplicate counters, a reload that resets
 // counters and uptime, UNIMPLEMENTED, slow replies, and a very large node.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "collector_runner.h"
+#include "fake_stats_process.h"
 #include "pg_server.h"
 #include "process.h"
 
@@ -36,91 +33,12 @@ std::vector<std::string> Lines(const std::string& text) {
   return lines;
 }
 
-// The fake-stats-server binary, driven through its stdin line protocol. Its
-// stdin is a FIFO this object holds open, so commands can be sent at any time
-// (Process has no stdin pipe); its answers are read from its stdout file.
-class FakeStatsProcess {
- public:
-  FakeStatsProcess() {
-    std::string fifo = dir_.path() + "/commands";
-    out_path_ = dir_.path() + "/stdout";
-    if (mkfifo(fifo.c_str(), 0600) != 0) {
-      throw std::runtime_error("mkfifo " + fifo + ": " + std::strerror(errno));
-    }
-    // Read-write, so that neither this open nor the child's blocks waiting
-    // for the other end; close-on-exec, so only this object holds it.
-    fd_ = open(fifo.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd_ < 0) {
-      throw std::runtime_error("open " + fifo + ": " + std::strerror(errno));
-    }
-    Process::Options server;
-    server.argv = {"/bin/sh", "-c", "exec \"$0\" --listen 127.0.0.1:0 <\"$1\"",
-                   BOXMETER_FAKE_STATS_SERVER_BIN, fifo};
-    server.stdout_path = out_path_;
-    server.stderr_path = dir_.path() + "/stderr";
-    process_ = Process::Start(server);
-    const std::string kPrefix = "listening ";
-    bool listening = WaitUntil(
-        [&] {
-          std::vector<std::string> lines = Lines(ReadFile(out_path_));
-          return !lines.empty() && lines[0].starts_with(kPrefix);
-        },
-        10s);
-    if (!listening) {
-      throw std::runtime_error(
-          "fake-stats-server did not start: " + ReadFile(out_path_) +
-          ReadFile(dir_.path() + "/stderr"));
-    }
-    address_ = Lines(ReadFile(out_path_))[0].substr(kPrefix.size());
-  }
-
-  ~FakeStatsProcess() { close(fd_); }
-
-  const std::string& address() const { return address_; }
-
-  // Sends one command and awaits its "ok".
-  ::testing::AssertionResult Command(const std::string& command) {
-    std::string line = command + "\n";
-    if (write(fd_, line.data(), line.size()) !=
-        static_cast<ssize_t>(line.size())) {
-      return ::testing::AssertionFailure()
-             << "cannot send \"" << command << "\": " << std::strerror(errno);
-    }
-    ++sent_;
-    std::vector<std::string> lines;
-    bool answered = WaitUntil(
-        [&] {
-          lines = Lines(ReadFile(out_path_));
-          return lines.size() >= sent_ + 1;  // after "listening ..."
-        },
-        30s, 10ms);
-    if (!answered) {
-      return ::testing::AssertionFailure()
-             << "fake-stats-server did not answer \"" << command << "\"";
-    }
-    if (lines[sent_] != "ok") {
-      return ::testing::AssertionFailure()
-             << "fake-stats-server answered \"" << lines[sent_] << "\" to \""
-             << command << "\"";
-    }
-    return ::testing::AssertionSuccess();
-  }
-
- private:
-  TempDir dir_;
-  std::string out_path_;
-  int fd_ = -1;
-  std::unique_ptr<Process> process_;
-  std::string address_;
-  size_t sent_ = 0;
-};
-
 class CollectorFakeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     pg_ = std::make_unique<PgServer>();
     database_url_ = pg_->CreateDatabase(kDatabase);
-    fake_ = std::make_unique<FakeStatsProcess>();
+    fake_ = std::make_unique<FakeStatsProcess>(BOXMETER_FAKE_STATS_SERVER_BIN);
   }
 
   void StartCollector(std::string timeout = "2s") {
@@ -183,16 +101,16 @@ constexpr const char* kInUp = "inbound>>>in>>>traffic>>>uplink";
 constexpr const char* kOutDown = "outbound>>>direct>>>traffic>>>downlink";
 
 TEST_F(CollectorFakeTest, DuplicatesInEveryReplyAreCountedOnce) {
-  ASSERT_TRUE(fake_->Command("duplicate on"));
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 1000"));
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceDown + " 2000"));
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kInUp + " 1000"));
+  ASSERT_EQ(fake_->Command("duplicate on"), "");
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " 1000"), "");
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceDown + " 2000"), "");
+  ASSERT_EQ(fake_->Command(std::string("set ") + kInUp + " 1000"), "");
   StartCollector();
   ASSERT_TRUE(
       DatabaseHolds({{kAliceUp, 1000}, {kAliceDown, 2000}, {kInUp, 1000}}));
 
-  ASSERT_TRUE(fake_->Command(std::string("add ") + kAliceDown + " 500"));
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kOutDown + " 77"));
+  ASSERT_EQ(fake_->Command(std::string("add ") + kAliceDown + " 500"), "");
+  ASSERT_EQ(fake_->Command(std::string("set ") + kOutDown + " 77"), "");
   ASSERT_TRUE(DatabaseHolds(
       {{kAliceUp, 1000}, {kAliceDown, 2500}, {kInUp, 1000}, {kOutDown, 77}}));
   // Further polls of the same duplicated values add nothing.
@@ -204,23 +122,23 @@ TEST_F(CollectorFakeTest, DuplicatesInEveryReplyAreCountedOnce) {
 
 TEST_F(CollectorFakeTest, ReloadThatResetsCountersAndUptimeIsCountedRight) {
   // An instance that has run for an hour, so the reload shows in its uptime.
-  ASSERT_TRUE(fake_->Command("uptime 3600"));
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 1000"));
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceDown + " 5000"));
+  ASSERT_EQ(fake_->Command("uptime 3600"), "");
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " 1000"), "");
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceDown + " 5000"), "");
   StartCollector();
   ASSERT_TRUE(DatabaseHolds({{kAliceUp, 1000}, {kAliceDown, 5000}}));
 
-  ASSERT_TRUE(fake_->Command("restart"));
+  ASSERT_EQ(fake_->Command("restart"), "");
   // Uplink comes back higher than before: only the uptime tells that this is
   // a new instance (counting the difference would lose 1000 bytes).
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 4000"));
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceDown + " 2000"));
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " 4000"), "");
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceDown + " 2000"), "");
   ASSERT_TRUE(DatabaseHolds({{kAliceUp, 5000}, {kAliceDown, 7000}}));
   EXPECT_TRUE(collector_->Running());
 }
 
 TEST_F(CollectorFakeTest, UnimplementedIsExplainedAndSurvived) {
-  ASSERT_TRUE(fake_->Command("fail UNIMPLEMENTED"));
+  ASSERT_EQ(fake_->Command("fail UNIMPLEMENTED"), "");
   StartCollector();
   ASSERT_TRUE(WaitUntil(
       [&] {
@@ -235,18 +153,18 @@ TEST_F(CollectorFakeTest, UnimplementedIsExplainedAndSurvived) {
   EXPECT_FALSE(collector_->Wait(1s).has_value()) << collector_->LogTail();
 
   // And picks up once the API is there.
-  ASSERT_TRUE(fake_->Command("fail none"));
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 42"));
+  ASSERT_EQ(fake_->Command("fail none"), "");
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " 42"), "");
   ASSERT_TRUE(DatabaseHolds({{kAliceUp, 42}}));
 }
 
 TEST_F(CollectorFakeTest, SlowReplyIsAWarningAndTotalsRecover) {
-  ASSERT_TRUE(fake_->Command(std::string("set ") + kAliceUp + " 1000"));
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " 1000"), "");
   StartCollector("1s");
   ASSERT_TRUE(DatabaseHolds({{kAliceUp, 1000}}));
 
-  ASSERT_TRUE(fake_->Command("delay 1500"));  // longer than source.timeout
-  ASSERT_TRUE(fake_->Command(std::string("add ") + kAliceUp + " 500"));
+  ASSERT_EQ(fake_->Command("delay 1500"), "");  // longer than source.timeout
+  ASSERT_EQ(fake_->Command(std::string("add ") + kAliceUp + " 500"), "");
   ASSERT_TRUE(WaitUntil(
       [&] {
         for (const std::string& line : Lines(collector_->Log())) {
@@ -262,7 +180,7 @@ TEST_F(CollectorFakeTest, SlowReplyIsAWarningAndTotalsRecover) {
       << collector_->LogTail();
   EXPECT_TRUE(collector_->Running()) << collector_->LogTail();
 
-  ASSERT_TRUE(fake_->Command("delay 0"));
+  ASSERT_EQ(fake_->Command("delay 0"), "");
   ASSERT_TRUE(DatabaseHolds({{kAliceUp, 1500}}));
   EXPECT_TRUE(collector_->Running()) << collector_->LogTail();
 }
@@ -271,8 +189,8 @@ TEST_F(CollectorFakeTest, TwoHundredThousandCountersAreCommittedInFull) {
   // 200,000 counters are 100,000 uplink/downlink pairs: one row each.
   constexpr int64_t kCounters = 200'000;
   constexpr int64_t kRows = kCounters / 2;
-  ASSERT_TRUE(fake_->Command("populate " + std::to_string(kCounters)));
-  ASSERT_TRUE(fake_->Command("touch 1 7"));  // every counter: 7 bytes
+  ASSERT_EQ(fake_->Command("populate " + std::to_string(kCounters)), "");
+  ASSERT_EQ(fake_->Command("touch 1 7"), "");  // every counter: 7 bytes
   // A reply of several MiB, over gRPC's default 4 MiB limit; a generous
   // timeout for a shared, busy test machine.
   StartCollector("10s");
@@ -292,7 +210,7 @@ TEST_F(CollectorFakeTest, TwoHundredThousandCountersAreCommittedInFull) {
       << collector_->LogTail();
 
   // A tenth of them move again: only those are added.
-  ASSERT_TRUE(fake_->Command("touch 0.1 3"));
+  ASSERT_EQ(fake_->Command("touch 0.1 3"), "");
   expected = std::to_string(kRows) + "|" +
              std::to_string(kCounters * 7 + kCounters / 10 * 3);
   EXPECT_TRUE(WaitUntil([&] { return totals() == expected; }, 60s, 200ms))

@@ -12,7 +12,6 @@
 // Also: the collector runs the example config's hook, which creates the file
 // boxmeter-gen.path watches; and boxmeter-gen turns the base template into a
 // config that makes sing-box count what boxmeter reads.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -39,6 +38,7 @@
 #include <vector>
 
 #include "config.h"
+#include "fake_stats_process.h"
 #include "pg_server.h"
 #include "process.h"
 
@@ -182,83 +182,12 @@ class NotifySocket {
   std::thread reader_;
 };
 
-// The fake-stats-server binary, driven through its stdin line protocol. Its
-// stdin is a FIFO this object holds open (Process has no stdin pipe), so that
-// it keeps running until the object goes.
-class FakeStatsServer {
- public:
-  FakeStatsServer() {
-    std::string fifo = dir_.path() + "/commands";
-    out_path_ = dir_.path() + "/stdout";
-    if (mkfifo(fifo.c_str(), 0600) != 0) {
-      throw std::runtime_error("mkfifo " + fifo + ": " + std::strerror(errno));
-    }
-    // Read-write, so neither this open nor the child's blocks.
-    fd_ = open(fifo.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd_ < 0) {
-      throw std::runtime_error("open " + fifo + ": " + std::strerror(errno));
-    }
-    Process::Options options;
-    options.argv = {"/bin/sh", "-c", "exec \"$0\" --listen 127.0.0.1:0 <\"$1\"",
-                    BOXMETER_FAKE_STATS_SERVER_BIN, fifo};
-    options.stdout_path = out_path_;
-    options.stderr_path = dir_.path() + "/stderr";
-    process_ = Process::Start(options);
-    const std::string kPrefix = "listening ";
-    if (!WaitUntil(
-            [&] {
-              std::vector<std::string> lines = Lines(ReadFile(out_path_));
-              return !lines.empty() && lines[0].starts_with(kPrefix);
-            },
-            10s)) {
-      throw std::runtime_error("fake-stats-server did not start: " +
-                               ReadFile(dir_.path() + "/stderr"));
-    }
-    address_ = Lines(ReadFile(out_path_))[0].substr(kPrefix.size());
-  }
-  ~FakeStatsServer() { close(fd_); }
-
-  const std::string& address() const { return address_; }
-
-  // Sends one command and awaits its "ok".
-  ::testing::AssertionResult Command(const std::string& command) {
-    std::string line = command + "\n";
-    if (write(fd_, line.data(), line.size()) !=
-        static_cast<ssize_t>(line.size())) {
-      return ::testing::AssertionFailure() << "cannot send " << command;
-    }
-    ++sent_;
-    std::vector<std::string> lines;
-    if (!WaitUntil(
-            [&] {
-              lines = Lines(ReadFile(out_path_));
-              return lines.size() > sent_;
-            },
-            30s, 10ms)) {
-      return ::testing::AssertionFailure() << "no answer to " << command;
-    }
-    if (lines[sent_] != "ok") {
-      return ::testing::AssertionFailure()
-             << command << " was answered: " << lines[sent_];
-    }
-    return ::testing::AssertionSuccess();
-  }
-
- private:
-  TempDir dir_;
-  std::string out_path_;
-  int fd_ = -1;
-  std::unique_ptr<Process> process_;
-  std::string address_;
-  size_t sent_ = 0;
-};
-
 class DeployedCollectorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     pg_ = std::make_unique<PgServer>();
     database_url_ = pg_->CreateDatabase(kDatabase);
-    ASSERT_TRUE(stats_.Command("set user>>>alice>>>traffic>>>uplink 1000"));
+    ASSERT_EQ(stats_.Command("set user>>>alice>>>traffic>>>uplink 1000"), "");
   }
 
   // The collector's config: fast polls, everything else as deployed.
@@ -319,7 +248,7 @@ class DeployedCollectorTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  FakeStatsServer stats_;
+  FakeStatsProcess stats_{BOXMETER_FAKE_STATS_SERVER_BIN};
   std::unique_ptr<PgServer> pg_;
   std::string database_url_;
   NotifySocket notify_{dir_.path() + "/notify"};

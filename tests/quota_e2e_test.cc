@@ -4,22 +4,19 @@
 // committed traffic crosses her quota disappears from the written sing-box
 // config while the others stay; an operator disabling a user without any
 // traffic is noticed the same way.
-#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "fake_stats_process.h"
 #include "pg_server.h"
 #include "process.h"
 
@@ -50,75 +47,13 @@ size_t HookRuns(const std::string& log) {
   return CountLines(log, "HOOK-DONE", true);
 }
 
-// The fake-stats-server binary, fed commands through a FIFO on its stdin
-// (see tests/fake_stats_server_main.cc for the protocol).
-class FakeStats {
- public:
-  FakeStats() {
-    std::string fifo = dir_.path() + "/commands";
-    out_ = dir_.path() + "/stdout";
-    if (mkfifo(fifo.c_str(), 0600) != 0) {
-      throw std::runtime_error("mkfifo " + fifo + ": " + std::strerror(errno));
-    }
-    // Read-write: neither this open nor the child's blocks on the other.
-    fd_ = open(fifo.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd_ < 0) throw std::runtime_error("open " + fifo);
-    Process::Options options;
-    options.argv = {"/bin/sh", "-c", "exec \"$0\" --listen 127.0.0.1:0 <\"$1\"",
-                    BOXMETER_FAKE_STATS_SERVER_BIN, fifo};
-    options.stdout_path = out_;
-    options.stderr_path = dir_.path() + "/stderr";
-    process_ = Process::Start(options);
-    if (!WaitUntil([&] { return Lines().size() >= 1; }, 10s) ||
-        !Lines()[0].starts_with("listening ")) {
-      throw std::runtime_error("fake-stats-server did not start: " +
-                               ReadFile(out_));
-    }
-    address_ = Lines()[0].substr(std::string("listening ").size());
-  }
-  ~FakeStats() { close(fd_); }
-
-  const std::string& address() const { return address_; }
-
-  ::testing::AssertionResult Command(const std::string& command) {
-    std::string line = command + "\n";
-    if (write(fd_, line.data(), line.size()) !=
-        static_cast<ssize_t>(line.size())) {
-      return ::testing::AssertionFailure() << "cannot send " << command;
-    }
-    ++sent_;
-    if (!WaitUntil([&] { return Lines().size() > sent_; }, 10s)) {
-      return ::testing::AssertionFailure() << "no answer to " << command;
-    }
-    if (Lines()[sent_] != "ok") {
-      return ::testing::AssertionFailure()
-             << command << " -> " << Lines()[sent_];
-    }
-    return ::testing::AssertionSuccess();
-  }
-
- private:
-  std::vector<std::string> Lines() const {
-    std::vector<std::string> lines;
-    std::istringstream in(ReadFile(out_));
-    for (std::string line; std::getline(in, line);) lines.push_back(line);
-    return lines;
-  }
-
-  TempDir dir_;
-  std::string out_;
-  int fd_ = -1;
-  std::unique_ptr<Process> process_;
-  std::string address_;
-  size_t sent_ = 0;
-};
-
 class QuotaLoopTest : public ::testing::Test {
  protected:
   void SetUp() override {
     pg_ = std::make_unique<PgServer>();
     url_ = pg_->CreateDatabase("quota");
-    fake_ = std::make_unique<FakeStats>();
+    fake_ = std::make_unique<FakeStatsProcess>(BOXMETER_FAKE_STATS_SERVER_BIN,
+                                               /*answer_timeout=*/10s);
     output_ = dir_.path() + "/sing-box/config.json";
     mkdir((dir_.path() + "/sing-box").c_str(), 0755);
     log_ = dir_.path() + "/collector.log";
@@ -228,7 +163,7 @@ class QuotaLoopTest : public ::testing::Test {
   TempDir dir_;
   std::unique_ptr<PgServer> pg_;
   std::string url_;
-  std::unique_ptr<FakeStats> fake_;
+  std::unique_ptr<FakeStatsProcess> fake_;
   std::string output_;
   std::string log_;
   std::unique_ptr<Process> collector_;
@@ -246,8 +181,8 @@ TEST_F(QuotaLoopTest, UserOverQuotaLeavesTheConfigAndTheOthersStay) {
   EXPECT_TRUE(HookRan(1));
 
   // Traffic under the quota changes nothing.
-  ASSERT_TRUE(fake_->Command("set user>>>alice>>>traffic>>>uplink 400"));
-  ASSERT_TRUE(fake_->Command("set user>>>bob>>>traffic>>>downlink 5000"));
+  ASSERT_EQ(fake_->Command("set user>>>alice>>>traffic>>>uplink 400"), "");
+  ASSERT_EQ(fake_->Command("set user>>>bob>>>traffic>>>downlink 5000"), "");
   ASSERT_TRUE(WaitUntil(
       [&] {
         return pg_->Query("quota",
@@ -258,7 +193,7 @@ TEST_F(QuotaLoopTest, UserOverQuotaLeavesTheConfigAndTheOthersStay) {
   EXPECT_TRUE(HookRan(1));
 
   // alice's committed total reaches 1000 + 100: she is over quota.
-  ASSERT_TRUE(fake_->Command("set user>>>alice>>>traffic>>>downlink 700"));
+  ASSERT_EQ(fake_->Command("set user>>>alice>>>traffic>>>downlink 700"), "");
   ASSERT_TRUE(
       ConfigHasUsers("bob carol | trojan-in: bob carol"
                      "| vless-in: bob carol"));
