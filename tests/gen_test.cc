@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "pg_database_test.h"
 #include "pg_server.h"
 #include "process.h"
 
@@ -72,27 +73,13 @@ struct GenRun {
   std::string err;  // stderr
 };
 
-class GenTest : public ::testing::Test {
+class GenTest : public PgDatabaseTest {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      server_ = new PgServer();
-    } catch (const std::exception& e) {
-      server_error_ = new std::string(e.what());
-    }
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-    delete server_error_;
-    server_error_ = nullptr;
-  }
+  GenTest() : PgDatabaseTest("gen_test") {}
 
   void SetUp() override {
-    ASSERT_NE(server_, nullptr) << *server_error_;
-    static int databases = 0;
-    database_ = "gen_test_" + std::to_string(++databases);
-    url_ = server_->CreateDatabase(database_);
+    PgDatabaseTest::SetUp();
+    if (HasFatalFailure()) return;
     template_path_ = dir_.path() + "/base.json";
     output_path_ = dir_.path() + "/config.json";
     WriteText(template_path_, kTemplate);
@@ -106,14 +93,14 @@ class GenTest : public ::testing::Test {
         << log;
   }
 
-  void WriteConfig(const std::string& url = "") {
+  void WriteConfig(const std::string& database_url = "") {
     WriteText(config_path(), "node: " + std::string(kNode) +
                                  "\n"
                                  "source:\n"
                                  "  address: 127.0.0.1:18080\n"
                                  "database:\n"
                                  "  url: \"" +
-                                 (url.empty() ? url_ : url) +
+                                 (database_url.empty() ? url() : database_url) +
                                  "\"\n"
                                  "generator:\n"
                                  "  template: \"" +
@@ -153,7 +140,7 @@ class GenTest : public ::testing::Test {
   }
 
   std::string Sql(const std::string& sql) {
-    return server_->Query(database_, sql);
+    return server().Query(database(), sql);
   }
 
   // The standard rows: two inbounds with a few users, all eligible.
@@ -192,17 +179,10 @@ class GenTest : public ::testing::Test {
     return names;
   }
 
-  static PgServer* server_;
-  static std::string* server_error_;
   TempDir dir_;
-  std::string database_;
-  std::string url_;
   std::string template_path_;
   std::string output_path_;
 };
-
-PgServer* GenTest::server_ = nullptr;
-std::string* GenTest::server_error_ = nullptr;
 
 TEST_F(GenTest, WritesOnlyEligibleUsersOfThisNodesEnabledInbounds) {
   InsertStandardRows();
@@ -401,7 +381,7 @@ TEST_F(GenBadInputTest, DatabaseUnavailable) {
 }
 
 TEST_F(GenBadInputTest, SchemaNotMigrated) {
-  WriteConfig(server_->CreateDatabase(database_ + "_empty"));
+  WriteConfig(server().CreateDatabase(database() + "_empty"));
   ExpectRejected(EX_UNAVAILABLE, {"boxmeter-collector --migrate"});
 }
 

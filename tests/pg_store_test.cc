@@ -11,11 +11,13 @@
 #include <thread>
 
 #include "migrations.h"
+#include "pg_database_test.h"
 #include "pg_server.h"
 
 namespace boxmeter {
 namespace {
 
+using boxmeter::testing::PgDatabaseTest;
 using boxmeter::testing::PgServer;
 using boxmeter::testing::WaitUntil;
 using std::chrono::milliseconds;
@@ -42,39 +44,18 @@ std::map<CounterKey, Baseline> ByKey(const std::vector<Baseline>& baselines) {
   return out;
 }
 
-class PgStoreTest : public ::testing::Test {
+class PgStoreTest : public PgDatabaseTest {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      server_ = new PgServer();
-    } catch (const std::exception& e) {
-      server_error_ = new std::string(e.what());
-    }
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-    delete server_error_;
-    server_error_ = nullptr;
-  }
-
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr) << *server_error_;
-    // A server stopped by a failed test is brought back for the next one.
-    if (!server_->running()) server_->Start();
-    static int databases = 0;
-    database_ = "pg_store_test_" + std::to_string(++databases);
-    url_ = server_->CreateDatabase(database_);
-  }
+  PgStoreTest() : PgDatabaseTest("pg_store_test") {}
 
   std::string Query(const std::string& sql) {
-    return server_->Query(database_, sql);
+    return server().Query(database(), sql);
   }
 
   // A store for `node` that has migrated and loaded, as the collector does.
   std::unique_ptr<PgStore> Ready(const std::string& node,
                                  NodeState* state = nullptr) {
-    auto store = std::make_unique<PgStore>(url_, node);
+    auto store = std::make_unique<PgStore>(url(), node);
     Status migrated = store->Migrate();
     EXPECT_TRUE(migrated.ok()) << migrated.message();
     NodeState ignored;
@@ -82,20 +63,12 @@ class PgStoreTest : public ::testing::Test {
     EXPECT_TRUE(loaded.ok()) << loaded.message();
     return store;
   }
-
-  static PgServer* server_;
-  static std::string* server_error_;
-  std::string database_;
-  std::string url_;
 };
-
-PgServer* PgStoreTest::server_ = nullptr;
-std::string* PgStoreTest::server_error_ = nullptr;
 
 TEST_F(PgStoreTest, MigrateTwiceAppliesEachMigrationOnce) {
   ASSERT_FALSE(EmbeddedMigrations().empty());
   EXPECT_EQ(EmbeddedMigrations().front().name, "0001_init.sql");
-  PgStore store(url_, "edge-1");
+  PgStore store(url(), "edge-1");
   Status first = store.Migrate();
   ASSERT_TRUE(first.ok()) << first.message();
   Status second = store.Migrate();
@@ -121,7 +94,7 @@ TEST_F(PgStoreTest, ConcurrentMigrationsBothSucceed) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kStores; ++i) {
     threads.emplace_back([this, i, &results] {
-      PgStore store(url_, "edge-" + std::to_string(i));
+      PgStore store(url(), "edge-" + std::to_string(i));
       results[i] = store.Migrate();
     });
   }
@@ -324,7 +297,7 @@ TEST_F(PgStoreTest, LoadNodeReturnsWhatCommitWrote) {
                 .outcome,
             CommitOutcome::kApplied);
 
-  PgStore reader(url_, "edge-1");  // a restarted collector
+  PgStore reader(url(), "edge-1");  // a restarted collector
   NodeState state;
   Status status = reader.LoadNode(&state);
   ASSERT_TRUE(status.ok()) << status.message();
@@ -342,7 +315,7 @@ TEST_F(PgStoreTest, LoadNodeReturnsWhatCommitWrote) {
 
   // Another node's counters are not this node's baselines.
   NodeState other;
-  ASSERT_TRUE(PgStore(url_, "edge-2").LoadNode(&other).ok());
+  ASSERT_TRUE(PgStore(url(), "edge-2").LoadNode(&other).ok());
   EXPECT_TRUE(other.baselines.empty());
 }
 
@@ -404,11 +377,11 @@ TEST_F(PgStoreTest, TotalsSaturateInsteadOfFailingForever) {
 
 TEST_F(PgStoreTest, CommitWhileServerIsDownFailsCleanlyAndRecovers) {
   // Trust authentication ignores the password, which must never show.
-  std::string url = url_;
-  url.replace(url.find("postgres@"), 9, "postgres:s3cret@");
-  std::string redacted = url;
+  std::string with_password = url();
+  with_password.replace(with_password.find("postgres@"), 9, "postgres:s3cret@");
+  std::string redacted = with_password;
   redacted.replace(redacted.find("s3cret"), 6, "***");
-  PgStore store(url, "edge-1");
+  PgStore store(with_password, "edge-1");
   ASSERT_TRUE(store.Migrate().ok());
   NodeState state;
   ASSERT_TRUE(store.LoadNode(&state).ok());
@@ -417,7 +390,7 @@ TEST_F(PgStoreTest, CommitWhileServerIsDownFailsCleanlyAndRecovers) {
           .outcome,
       CommitOutcome::kApplied);
 
-  server_->Stop(PgServer::StopMode::kFast);
+  server().Stop(PgServer::StopMode::kFast);
   CommitBatch batch =
       Batch(1, {Row(CounterKind::kUser, "alice", {10, 20}, {11, 22})});
   for (int attempt = 0; attempt < 2; ++attempt) {  // broken, then refused
@@ -432,7 +405,7 @@ TEST_F(PgStoreTest, CommitWhileServerIsDownFailsCleanlyAndRecovers) {
   int64_t seq = 0;
   EXPECT_FALSE(store.ReadCommitSeq(&seq).ok());
 
-  server_->Start();
+  server().Start();
   CommitResult up = store.Commit(batch);
   ASSERT_EQ(up.outcome, CommitOutcome::kApplied) << up.status.message();
   EXPECT_EQ(Query("SELECT uplink, downlink, base_uplink, base_downlink FROM "

@@ -75,32 +75,12 @@ void Meter::Commit(const std::vector<Traffic>& traffic, int64_t observed_ms) {
   ++seq_;
 }
 
-PgServer* SqlTest::server_ = nullptr;
-std::string* SqlTest::server_error_ = nullptr;
-
-void SqlTest::SetUpTestSuite() {
-  try {
-    server_ = new PgServer();
-  } catch (const std::exception& e) {
-    server_error_ = new std::string(e.what());
-  }
-}
-
-void SqlTest::TearDownTestSuite() {
-  delete server_;
-  server_ = nullptr;
-  delete server_error_;
-  server_error_ = nullptr;
-}
-
 void SqlTest::SetUp() {
-  ASSERT_NE(server_, nullptr) << *server_error_;
-  static int databases = 0;
-  database_ = "sql_test_" + std::to_string(++databases);
-  server_->CreateDatabase(database_);
+  PgDatabaseTest::SetUp();
+  if (HasFatalFailure()) return;
   // Tests lay out traffic by UTC day and compare with current_date.
-  server_->Query("postgres",
-                 "ALTER DATABASE " + database_ + " SET timezone = 'UTC'");
+  server().Query("postgres",
+                 "ALTER DATABASE " + database() + " SET timezone = 'UTC'");
   PgStore store(Url(), "migrator");
   Status migrated = store.Migrate();
   ASSERT_TRUE(migrated.ok()) << migrated.message();
@@ -108,7 +88,7 @@ void SqlTest::SetUp() {
 
 std::string SqlTest::Url(const std::string& user) const {
   return "postgresql://" + user +
-         "@127.0.0.1:" + std::to_string(server_->port()) + "/" + database_;
+         "@127.0.0.1:" + std::to_string(server().port()) + "/" + database();
 }
 
 std::string SqlTest::Query(const std::string& sql, const std::string& user) {

@@ -1,9 +1,9 @@
-// SqlTest: the fixture of boxmeter_sql_tests. A throwaway PostgreSQL per
-// test process and, per test, a fresh database migrated the way a collector
-// does it (PgStore::Migrate, as the superuser postgres), whose sessions run
-// in UTC. Statements run
-// through libpqxx as any role of that server, so tests can check what each
-// role may and may not do.
+// SqlTest: the fixture of boxmeter_sql_tests. A PgDatabaseTest (a throwaway
+// PostgreSQL per test suite, a fresh database per test) whose database is
+// migrated the way a collector does it (PgStore::Migrate, as the superuser
+// postgres) and whose sessions run in UTC. Statements run through libpqxx as
+// any role of that server, so tests can check what each role may and may not
+// do.
 //
 // Meter writes traffic the way a collector does: through PgStore::Commit,
 // with cumulative baselines and the node's commit sequence kept like the
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "counter_name.h"
+#include "pg_database_test.h"
 #include "pg_server.h"
 #include "pg_store.h"
 
@@ -57,10 +58,9 @@ struct SqlError {
   std::string message;   // the server's message with its HINT, on one line
 };
 
-class SqlTest : public ::testing::Test {
+class SqlTest : public PgDatabaseTest {
  protected:
-  static void SetUpTestSuite();
-  static void TearDownTestSuite();
+  SqlTest() : PgDatabaseTest("sql_test") {}
   void SetUp() override;
 
   // The URL of this test's database for `user` (trust authentication).
@@ -81,13 +81,7 @@ class SqlTest : public ::testing::Test {
   // and `hours` hours.
   static int64_t DayMs(int days, int hours = 0);
 
-  static PgServer& server() { return *server_; }
-  const std::string& database() const { return database_; }
-
  private:
-  static PgServer* server_;
-  static std::string* server_error_;
-  std::string database_;
   std::map<std::string, std::unique_ptr<Meter>> meters_;
 };
 

@@ -8,39 +8,25 @@
 #include <memory>
 #include <string>
 
-#include "pg_server.h"
+#include "pg_database_test.h"
 #include "pg_store.h"
 #include "process.h"
 
 namespace boxmeter {
 namespace {
 
-using boxmeter::testing::PgServer;
+using boxmeter::testing::PgDatabaseTest;
 using boxmeter::testing::WaitUntil;
 using namespace std::chrono_literals;
 
-class UsersFingerprintTest : public ::testing::Test {
+class UsersFingerprintTest : public PgDatabaseTest {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      server_ = new PgServer();
-    } catch (const std::exception& e) {
-      server_error_ = new std::string(e.what());
-    }
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-    delete server_error_;
-    server_error_ = nullptr;
-  }
+  UsersFingerprintTest() : PgDatabaseTest("fingerprint_test") {}
 
   void SetUp() override {
-    ASSERT_NE(server_, nullptr) << *server_error_;
-    static int databases = 0;
-    database_ = "fingerprint_test_" + std::to_string(++databases);
-    store_ =
-        std::make_unique<PgStore>(server_->CreateDatabase(database_), "edge-1");
+    PgDatabaseTest::SetUp();
+    if (HasFatalFailure()) return;
+    store_ = std::make_unique<PgStore>(url(), "edge-1");
     Status status = store_->Migrate();
     ASSERT_TRUE(status.ok()) << status.message();
     NodeState state;
@@ -58,7 +44,7 @@ class UsersFingerprintTest : public ::testing::Test {
   }
 
   std::string Sql(const std::string& sql) {
-    return server_->Query(database_, sql);
+    return server().Query(database(), sql);
   }
 
   std::string Read() {
@@ -86,16 +72,10 @@ class UsersFingerprintTest : public ::testing::Test {
     return result.users_fingerprint;
   }
 
-  static PgServer* server_;
-  static std::string* server_error_;
-  std::string database_;
   std::unique_ptr<PgStore> store_;
   int64_t seq_ = 0;
   int64_t total_ = 0;  // the baseline grows with every commit
 };
-
-PgServer* UsersFingerprintTest::server_ = nullptr;
-std::string* UsersFingerprintTest::server_error_ = nullptr;
 
 TEST_F(UsersFingerprintTest, MovesInTheCommitThatCrossesAQuota) {
   std::string start = Read();

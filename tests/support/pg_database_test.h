@@ -1,0 +1,68 @@
+// PgDatabaseTest: the GoogleTest fixture of tests against a throwaway
+// PostgreSQL. One PgServer per test suite, since initdb and start take
+// seconds; a fresh, empty database per test, so tests share no rows.
+//
+// A server that fails to start fails every test of the suite with its error
+// (not the whole binary). A server that a test stopped and did not start
+// again (a failed assertion in between) is started before the next test.
+//
+// Derived fixtures name their databases by passing a prefix. One that
+// overrides SetUp calls PgDatabaseTest::SetUp first and returns if
+// HasFatalFailure(). Header-only, so that boxmeter_test_support stays free of
+// GoogleTest.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "pg_server.h"
+
+namespace boxmeter::testing {
+
+class PgDatabaseTest : public ::testing::Test {
+ protected:
+  // Databases are named `database_prefix` + "_" + a number unique within the
+  // test binary.
+  explicit PgDatabaseTest(std::string database_prefix)
+      : database_prefix_(std::move(database_prefix)) {}
+
+  static void SetUpTestSuite() {
+    try {
+      server_ = new PgServer();
+    } catch (const std::exception& e) {
+      server_error_ = new std::string(e.what());
+    }
+  }
+
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+    delete server_error_;
+    server_error_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr) << *server_error_;
+    if (!server_->running()) server_->Start();
+    static int databases = 0;
+    database_ = database_prefix_ + "_" + std::to_string(++databases);
+    url_ = server_->CreateDatabase(database_);
+  }
+
+  static PgServer& server() { return *server_; }
+  // This test's database, and its URL for the superuser postgres.
+  const std::string& database() const { return database_; }
+  const std::string& url() const { return url_; }
+
+ private:
+  inline static PgServer* server_ = nullptr;
+  inline static std::string* server_error_ = nullptr;
+  std::string database_prefix_;
+  std::string database_;
+  std::string url_;
+};
+
+}  // namespace boxmeter::testing
