@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <boost/asio/post.hpp>
 
+#include "fakes/collector_fixture.h"
 #include "fakes/fake_notifier.h"
 #include "fakes/fake_stats_source.h"
 #include "fakes/fake_store.h"
@@ -13,49 +14,23 @@ namespace boxmeter {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::CollectorFixture;
 using testing::FakeNotifier;
 using testing::FakeStatsSource;
 using testing::FakeStore;
 
 const CounterKey kAlice{CounterKind::kUser, "alice"};
 
-class CollectorTest : public ::testing::Test {
+class CollectorTest : public CollectorFixture {
  protected:
-  CollectorTest() {
-    config_.node = "test-node";
-    config_.source.address = "127.0.0.1:1";
-    config_.database.url = "postgresql://boxmeter:secret@db/boxmeter";
-    config_.poll.interval = 10ms;
-    config_.source.timeout = 1s;
-    collector_ = std::make_unique<Collector>(io_, config_, source_, store_,
-                                             notifier_);
-  }
-
-  // Runs the loop until `done` holds; false after 10 s or if the loop
-  // stopped first.
-  template <typename Done>
-  bool RunUntil(Done done) {
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (!done()) {
-      if (io_.stopped() || std::chrono::steady_clock::now() > deadline) {
-        return done();
-      }
-      io_.run_for(5ms);
-    }
-    return true;
+  CollectorTest()
+      : CollectorFixture(10ms, "postgresql://boxmeter:secret@db/boxmeter") {
+    Create();
   }
 
   int Count(const std::string& event) {
-    return std::count(notifier_.events.begin(), notifier_.events.end(),
-                      event);
+    return std::count(notifier_.events.begin(), notifier_.events.end(), event);
   }
-
-  Config config_;
-  FakeStatsSource source_;
-  FakeStore store_;
-  FakeNotifier notifier_;
-  boost::asio::io_context io_;
-  std::unique_ptr<Collector> collector_;
 };
 
 TEST_F(CollectorTest, OnceCommitsWhatWasCounted) {
@@ -185,8 +160,7 @@ TEST_F(CollectorTest, StatusLinesDescribeThePoll) {
 
 TEST_F(CollectorTest, ReloadAppliesANewIntervalAtOnce) {
   config_.poll.interval = std::chrono::hours(1);
-  collector_ = std::make_unique<Collector>(io_, config_, source_, store_,
-                                           notifier_);
+  Create();
   collector_->Start();
   ASSERT_TRUE(RunUntil([&] { return source_.fetches() == 1; }));
   Config faster = config_;

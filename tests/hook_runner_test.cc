@@ -11,33 +11,29 @@
 #include <chrono>
 #include <fstream>
 #include <functional>
-#include <sstream>
 #include <string>
 
 #include "process.h"
+#include "recording_hook.h"
 
 namespace boxmeter {
 namespace {
 
 using boxmeter::testing::ReadFile;
+using boxmeter::testing::RecordingHook;
 using boxmeter::testing::TempDir;
 using namespace std::chrono_literals;
 
 class HookRunnerTest : public ::testing::Test {
  protected:
-  HookRunnerTest() : guard_(boost::asio::make_work_guard(io_)) {
-    runs_file_ = dir_.path() + "/runs";
-  }
+  HookRunnerTest() : guard_(boost::asio::make_work_guard(io_)) {}
 
-  // A runner whose hook appends a line to runs_file_, plus `extra`.
+  // A runner of `command` (hook_.Command(...) for one that records its runs).
   std::unique_ptr<HookRunner> Runner(const std::string& command,
                                      std::chrono::milliseconds timeout = 10s) {
     return std::make_unique<HookRunner>(
         io_, Config::Hooks{.on_users_changed = command, .timeout = timeout},
         "/etc/boxmeter/test config.yaml");
-  }
-  std::string Appending(const std::string& extra = "") const {
-    return "echo run >> '" + runs_file_ + "'" + extra;
   }
 
   // Runs the loop until `condition` holds or `timeout` passes.
@@ -56,46 +52,39 @@ class HookRunnerTest : public ::testing::Test {
     return LoopUntil([&] { return !runner.running(); });
   }
 
-  int Runs() const {
-    std::istringstream in(ReadFile(runs_file_));
-    int lines = 0;
-    for (std::string line; std::getline(in, line);) ++lines;
-    return lines;
-  }
-
   TempDir dir_;
-  std::string runs_file_;
+  RecordingHook hook_;
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type>
       guard_;
 };
 
 TEST_F(HookRunnerTest, FirstFingerprintRunsOnceThenOnlyChangesRun) {
-  auto runner = Runner(Appending());
+  auto runner = Runner(hook_.Command());
   runner->Poll();
   EXPECT_EQ(runner->runs_started(), 0) << "nothing happens before a "
                                           "fingerprint is known";
   runner->UsersFingerprint("a");
   EXPECT_TRUE(runner->running());
   ASSERT_TRUE(Settle(*runner));
-  EXPECT_EQ(Runs(), 1);
+  EXPECT_EQ(hook_.Runs(), 1);
 
   for (int i = 0; i < 3; ++i) {
     runner->Poll();
     runner->UsersFingerprint("a");
   }
   ASSERT_TRUE(Settle(*runner));
-  EXPECT_EQ(Runs(), 1) << "an unchanged fingerprint runs nothing";
+  EXPECT_EQ(hook_.Runs(), 1) << "an unchanged fingerprint runs nothing";
 
   runner->Poll();
   runner->UsersFingerprint("b");
   ASSERT_TRUE(Settle(*runner));
-  EXPECT_EQ(Runs(), 2);
+  EXPECT_EQ(hook_.Runs(), 2);
   EXPECT_EQ(runner->runs_failed(), 0);
 }
 
 TEST_F(HookRunnerTest, AtMostOneStartPerPoll) {
-  auto runner = Runner(Appending());
+  auto runner = Runner(hook_.Command());
   runner->UsersFingerprint("a");
   ASSERT_TRUE(Settle(*runner));
   runner->UsersFingerprint("b");  // same poll: waits for the next one
@@ -105,15 +94,15 @@ TEST_F(HookRunnerTest, AtMostOneStartPerPoll) {
   runner->Poll();
   EXPECT_TRUE(runner->running());
   ASSERT_TRUE(Settle(*runner));
-  EXPECT_EQ(Runs(), 2) << "b and c were folded into one run";
+  EXPECT_EQ(hook_.Runs(), 2) << "b and c were folded into one run";
   EXPECT_FALSE(runner->run_requested());
 }
 
 TEST_F(HookRunnerTest, ChangeDuringARunRunsAgainOnTheNextPoll) {
   std::string gate = dir_.path() + "/gate";
   // The first run waits for the gate file, so the change lands mid-run.
-  auto runner =
-      Runner(Appending("; while [ ! -e '" + gate + "' ]; do sleep 0.01; done"));
+  auto runner = Runner(
+      hook_.Command("; while [ ! -e '" + gate + "' ]; do sleep 0.01; done"));
   runner->UsersFingerprint("a");
   ASSERT_TRUE(runner->running());
   runner->Poll();
@@ -125,12 +114,12 @@ TEST_F(HookRunnerTest, ChangeDuringARunRunsAgainOnTheNextPoll) {
   runner->Poll();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(runner->runs_started(), 2);
-  EXPECT_EQ(Runs(), 2);
+  EXPECT_EQ(hook_.Runs(), 2);
 }
 
 TEST_F(HookRunnerTest, FailingHookIsRetriedOnEveryPollUntilItSucceeds) {
   std::string fixed = dir_.path() + "/fixed";
-  auto runner = Runner(Appending("; [ -e '" + fixed + "' ] || exit 3"));
+  auto runner = Runner(hook_.Command("; [ -e '" + fixed + "' ] || exit 3"));
   runner->UsersFingerprint("a");
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(runner->runs_failed(), 1);
@@ -139,7 +128,7 @@ TEST_F(HookRunnerTest, FailingHookIsRetriedOnEveryPollUntilItSucceeds) {
     runner->Poll();
     ASSERT_TRUE(Settle(*runner));
   }
-  EXPECT_EQ(Runs(), 4);
+  EXPECT_EQ(hook_.Runs(), 4);
   EXPECT_EQ(runner->runs_failed(), 4);
   std::ofstream(fixed) << "fixed";
   runner->Poll();
@@ -148,7 +137,7 @@ TEST_F(HookRunnerTest, FailingHookIsRetriedOnEveryPollUntilItSucceeds) {
   EXPECT_FALSE(runner->run_requested());
   runner->Poll();
   ASSERT_TRUE(Settle(*runner));
-  EXPECT_EQ(Runs(), 5) << "no more runs once it succeeded";
+  EXPECT_EQ(hook_.Runs(), 5) << "no more runs once it succeeded";
 }
 
 // Whether `pid` is gone (or a zombie awaiting its new parent).
@@ -198,11 +187,11 @@ TEST_F(HookRunnerTest, NoCommandRunsNothingUntilOneIsConfigured) {
   EXPECT_FALSE(runner->running());
   EXPECT_EQ(runner->runs_started(), 0);
 
-  runner->Reload({.on_users_changed = Appending(), .timeout = 10s});
+  runner->Reload({.on_users_changed = hook_.Command(), .timeout = 10s});
   EXPECT_TRUE(runner->enabled());
   runner->Poll();
   ASSERT_TRUE(Settle(*runner));
-  EXPECT_EQ(Runs(), 1) << "a newly configured hook runs once";
+  EXPECT_EQ(hook_.Runs(), 1) << "a newly configured hook runs once";
 }
 
 TEST_F(HookRunnerTest, DestroyingTheRunnerKillsARunningHook) {

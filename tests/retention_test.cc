@@ -8,9 +8,7 @@
 #include <pqxx/pqxx>
 
 #include "collector.h"
-#include "fakes/fake_notifier.h"
-#include "fakes/fake_stats_source.h"
-#include "fakes/fake_store.h"
+#include "fakes/collector_fixture.h"
 #include "sql_fixture.h"
 
 namespace boxmeter {
@@ -151,37 +149,12 @@ TEST_F(RetentionTest, DeleteAndPerDayQueriesUseTheIndexes) {
 
 // The collector's side, against the fakes: retention runs on the database
 // thread, with the configured retention, at most once an hour.
-class CollectorRetentionTest : public ::testing::Test {
+class CollectorRetentionTest : public testing::CollectorFixture {
  protected:
-  CollectorRetentionTest() {
-    config_.node = "test-node";
-    config_.source.address = "127.0.0.1:1";
-    config_.database.url = "postgresql://boxmeter@db/boxmeter";
-    config_.poll.interval = 5ms;
-    config_.source.timeout = 1s;
+  CollectorRetentionTest() : CollectorFixture(5ms) {
     config_.history.retention = std::chrono::hours(48);
-    collector_ =
-        std::make_unique<Collector>(io_, config_, source_, store_, notifier_);
+    Create();
   }
-
-  template <typename Done>
-  bool RunUntil(Done done) {
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (!done()) {
-      if (io_.stopped() || std::chrono::steady_clock::now() > deadline) {
-        return done();
-      }
-      io_.run_for(5ms);
-    }
-    return true;
-  }
-
-  Config config_;
-  testing::FakeStatsSource source_;
-  testing::FakeStore store_;
-  testing::FakeNotifier notifier_;
-  boost::asio::io_context io_;
-  std::unique_ptr<Collector> collector_;
 };
 
 TEST_F(CollectorRetentionTest, PrunesOnceAnHourWithTheConfiguredRetention) {
