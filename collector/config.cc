@@ -27,6 +27,8 @@
 #include <limits>
 #include <utility>
 
+#include "utf8.h"
+
 extern char** environ;
 
 namespace boxmeter {
@@ -234,28 +236,8 @@ std::string TextProblem(std::string_view data) {
       ++i;
       continue;
     }
-    size_t length = 0;
-    uint32_t code = 0;
-    if ((c & 0xE0) == 0xC0) {
-      length = 2;
-      code = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      length = 3;
-      code = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      length = 4;
-      code = c & 0x07;
-    }
-    bool valid = length != 0 && i + length <= data.size();
-    for (size_t k = 1; valid && k < length; ++k) {
-      auto next = static_cast<unsigned char>(data[i + k]);
-      valid = (next & 0xC0) == 0x80;
-      code = (code << 6) | (next & 0x3F);
-    }
-    static constexpr uint32_t kMinCode[] = {0, 0, 0x80, 0x800, 0x10000};
-    valid = valid && code >= kMinCode[length] && code <= 0x10FFFF &&
-            !(code >= 0xD800 && code <= 0xDFFF);
-    if (!valid) {
+    size_t length = Utf8SequenceLength(data, i);
+    if (length == 0) {
       return fmt::format(
           "line {}: byte 0x{:02x} is not valid UTF-8; save the file as "
           "UTF-8 text (is this the right file?)",

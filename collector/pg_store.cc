@@ -12,6 +12,7 @@
 #include "config.h"  // RedactUrl
 #include "log.h"
 #include "migrations.h"
+#include "utf8.h"
 
 namespace boxmeter {
 namespace {
@@ -139,42 +140,12 @@ std::string OneLine(std::string_view text) {
   return out;
 }
 
-// Whether PostgreSQL can store `text` in a UTF-8 database: valid UTF-8
-// (no overlong forms, surrogates or code points past U+10FFFF) without NUL.
+// Whether PostgreSQL can store `text` in a UTF-8 database: well-formed
+// UTF-8 without NUL.
 bool StorableText(std::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
-    unsigned char c = byte(i);
-    if (c == 0) return false;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t length;
-    uint32_t code;
-    if ((c & 0xE0) == 0xC0) {
-      length = 2;
-      code = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      length = 3;
-      code = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      length = 4;
-      code = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + length > text.size()) return false;
-    for (size_t k = 1; k < length; ++k) {
-      if ((byte(i + k) & 0xC0) != 0x80) return false;
-      code = (code << 6) | (byte(i + k) & 0x3F);
-    }
-    static constexpr uint32_t kMinimum[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code < kMinimum[length] || code > 0x10FFFF ||
-        (code >= 0xD800 && code <= 0xDFFF)) {
-      return false;
-    }
+  for (size_t i = 0; i < text.size();) {
+    size_t length = text[i] == '\0' ? 0 : Utf8SequenceLength(text, i);
+    if (length == 0) return false;
     i += length;
   }
   return true;
