@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "delta_engine.h"
+#include "fake_stats_process.h"
 #include "fake_stats_server.h"
 #include "grpc_stats_source.h"
 #include "log.h"
@@ -46,7 +47,6 @@
 #include "reference_writers.h"
 #include "snapshot.h"
 #include "stats.pb.h"
-#include "stats_server_process.h"
 
 namespace boxmeter::testing {
 namespace {
@@ -57,6 +57,7 @@ constexpr char kNode[] = "bench";
 constexpr int64_t kTouchBytes = 1500;  // added to each changed stat per poll
 constexpr auto kFetchTimeout = std::chrono::seconds(60);
 constexpr int64_t kMaxMessageBytes = int64_t{1} << 30;
+constexpr auto kServerAnswerTimeout = std::chrono::seconds(120);
 
 constexpr const char* kUsage = R"(usage: boxmeter-bench [options]
   --stats N,N,...      stats served per run, two per tracked counter
@@ -257,6 +258,13 @@ std::string CurrentXid(pqxx::connection& db) {
   return xid;
 }
 
+// A command to the fake server ("touch FRACTION BYTES": add BYTES to that
+// fraction of its counters, spread evenly, starting one further each time).
+void Command(FakeStatsProcess& server, const std::string& command) {
+  std::string error = server.Command(command);
+  if (!error.empty()) throw std::runtime_error(error);
+}
+
 void Progress(const std::string& text) {
   std::cerr << "[bench] " << text << std::endl;
 }
@@ -276,7 +284,11 @@ void RunSize(const Options& options, size_t stats) {
   std::string naive_url = pg.CreateDatabase("naive");
   std::string log_url = pg.CreateDatabase("deltalog");
   std::string floor_url = pg.CreateDatabase("floor");
-  StatsServerProcess server(options.fake_server, stats);
+  // In its own process, so this one's memory is the collector's alone: a
+  // million counters and the reply built from them cost the server hundreds
+  // of megabytes, as they cost sing-box.
+  FakeStatsProcess server(options.fake_server, kServerAnswerTimeout);
+  Command(server, fmt::format("populate {}", stats));
 
   for (const std::string& reference : {setbased_url, naive_url, log_url}) {
     PrepareReferenceDatabase(reference, kNode);
@@ -303,7 +315,7 @@ void RunSize(const Options& options, size_t stats) {
   size["peak_reset"] = peak_reset_works;
 
   // Every counter once: the first commit of a new node inserts them all.
-  server.Touch(1.0, kTouchBytes);
+  Command(server, fmt::format("touch 1 {}", kTouchBytes));
   {
     Poller::Result first = poller.Poll();
     size["initial_rows"] = first.batch.rows.size();
@@ -350,7 +362,7 @@ void RunSize(const Options& options, size_t stats) {
     Costs commit, set, flo, log_commit, log_fold, naive_costs, prepared_costs;
     CommitBatch last;
     for (int i = 0; i < options.warmup + options.polls; ++i) {
-      server.Touch(fraction, kTouchBytes);
+      Command(server, fmt::format("touch {} {}", fraction, kTouchBytes));
       if (i == options.warmup && fraction == options.fractions.back()) {
         // What a collector holds between polls as it runs today, and what it
         // would hold if it gave freed memory back (malloc_trim) after each.
