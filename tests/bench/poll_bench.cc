@@ -61,7 +61,7 @@ constexpr auto kServerAnswerTimeout = std::chrono::seconds(120);
 
 constexpr const char* kUsage = R"(usage: boxmeter-bench [options]
   --stats N,N,...      stats served per run, two per tracked counter
-                       (default 10000,100000,1000000)
+                       (default 10000,100000,400000,1000000)
   --fractions F,F,...  fractions changed per poll (default 0.01,0.1,1)
   --polls K            measured polls per fraction, median reported (5)
   --warmup W           unmeasured polls before them (2)
@@ -78,7 +78,8 @@ constexpr const char* kUsage = R"(usage: boxmeter-bench [options]
 )";
 
 struct Options {
-  std::vector<size_t> stats = {10'000, 100'000, 1'000'000};
+  // 400k: a node of 200k users.
+  std::vector<size_t> stats = {10'000, 100'000, 400'000, 1'000'000};
   std::vector<double> fractions = {0.01, 0.1, 1.0};
   int polls = 5;
   int warmup = 2;
@@ -247,6 +248,18 @@ WriteProbe ProbeWrites(pqxx::connection& db, const std::string& marker_xid) {
                          .as<int64_t>();
   tx.commit();
   return probe;
+}
+
+// The database's counter and hourly totals, as text.
+std::string Sums(const std::string& url) {
+  pqxx::connection db(url);
+  pqxx::read_transaction tx(db);
+  pqxx::row row = tx.exec1(
+      "SELECT (SELECT count(*) || ' counters ' || sum(uplink) || '/' || "
+      "sum(downlink) FROM counters), "
+      "(SELECT count(*) || ' hourly ' || sum(uplink) || '/' || sum(downlink) "
+      "FROM counter_hourly)");
+  return row[0].as<std::string>() + ", " + row[1].as<std::string>();
 }
 
 std::string CurrentXid(pqxx::connection& db) {
@@ -459,6 +472,16 @@ void RunSize(const Options& options, size_t stats) {
                     before.commit_seq, after.commit_seq));
   }
   size["peak_mb"] = peak_all;
+  // Every writer but the naive one applied every batch (the delta log folded
+  // after each), so their totals and hourly sums must agree to the byte.
+  std::string boxmeter_sums = Sums(url);
+  size["writers_agree"] =
+      Sums(setbased_url) == boxmeter_sums && Sums(log_url) == boxmeter_sums;
+  if (size["writers_agree"] == 0) {
+    Progress("the writers' totals differ: boxmeter " + boxmeter_sums +
+             ", set-based " + Sums(setbased_url) + ", delta log " +
+             Sums(log_url));
+  }
   Emit("size", size);
 }
 
@@ -657,22 +680,24 @@ std::string Tables(const std::vector<Record>& fractions,
       "\nPer size: the first commit (every counter new), polls with nothing "
       "changed (with the proof that nothing was written: rows of counters, "
       "counter_hourly and nodes with a newer xmin, and the node's "
-      "commit_seq), memory:\n\n"
+      "commit_seq), memory, and whether boxmeter, the set-based writer and "
+      "the delta log ended with the same totals and hourly sums:\n\n"
       "| stats (counters) | first load ms (rows) | idle poll ms | rows "
       "written when idle | commit_seq when idle | engine bytes/counter (heap, "
       "RSS) | RSS between polls MB (after malloc_trim; heap in use) | peak "
-      "RSS MB |\n"
-      "|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+      "RSS MB | writers agree |\n"
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
   for (const Record& s : sizes) {
     out += fmt::format(
         "| {} | {:.0f} ({}) | {:.0f} | {:.0f} | {} | {:.0f}, {:.0f} | {:.0f} "
-        "({:.0f}; {:.0f}) | {:.0f}{} |\n",
+        "({:.0f}; {:.0f}) | {:.0f}{} | {} |\n",
         Size(s.at("stats")), s.at("initial_ms"),
         Count(static_cast<size_t>(s.at("initial_rows"))), s.at("idle_ms"),
         s.at("idle_rows"), s.at("idle_seq_moved") == 0 ? "unchanged" : "MOVED",
         s.at("engine_heap"), s.at("engine_rss"), s.at("rss_between_mb"),
         s.at("rss_trimmed_mb"), s.at("heap_between_mb"), s.at("peak_mb"),
-        s.at("peak_reset") != 0 ? "" : " (since start)");
+        s.at("peak_reset") != 0 ? "" : " (since start)",
+        s.at("writers_agree") != 0 ? "yes" : "NO");
   }
   return out;
 }
