@@ -17,6 +17,7 @@
 #include "log.h"
 #include "notifier.h"
 #include "pg_store.h"
+#include "program.h"
 #include "stable_clock.h"
 
 namespace boxmeter {
@@ -64,22 +65,6 @@ std::string Usage() {
          "  78  the config file is missing or invalid\n";
 }
 
-// Loads the config, printing every problem. False: exit with EX_CONFIG.
-bool LoadConfigOrReport(const CommandLine& cli, Config* config) {
-  Environment env = ProcessEnvironment();
-  std::string path = ConfigPath(cli.Value("config"), env);
-  std::vector<std::string> errors;
-  if (LoadConfig(path, env, config, &errors)) return true;
-  for (const std::string& error : errors) {
-    std::fprintf(stderr, "boxmeter-collector: %s\n", error.c_str());
-  }
-  std::fprintf(stderr,
-               "boxmeter-collector: %zu problem(s) in %s; fix them and run "
-               "again (--check-config checks without starting)\n",
-               errors.size(), path.c_str());
-  return false;
-}
-
 int Migrate(Store& store) {
   Status status = store.Connect();
   if (status.ok()) status = store.Migrate();
@@ -115,23 +100,19 @@ void HandleSignals(boost::asio::signal_set& signals, Collector& collector,
 }
 
 int Main(int argc, char** argv) {
+  const ProgramInfo program{"boxmeter-collector", kFlags, Usage()};
   CommandLine cli;
-  std::string error;
-  if (!cli.Parse(kFlags, argc, argv, &error)) {
-    std::fprintf(stderr, "boxmeter-collector: %s\n", error.c_str());
-    return EX_USAGE;
-  }
-  if (cli.Has("help")) {
-    std::fputs(Usage().c_str(), stdout);
-    return 0;
-  }
-  if (cli.Has("version")) {
-    std::printf("boxmeter-collector %s\n", BOXMETER_VERSION);
-    return 0;
+  if (std::optional<int> done = StartProgram(program, argc, argv, &cli)) {
+    return *done;
   }
 
   Config config;
-  if (!LoadConfigOrReport(cli, &config)) return EX_CONFIG;
+  if (!LoadConfigOrReport(program, cli,
+                          "fix them and run again (--check-config checks "
+                          "without starting)",
+                          &config)) {
+    return EX_CONFIG;
+  }
   for (const std::string& warning :
        ConfigWarnings(config, ProcessEnvironment())) {
     LogWarn("{}", warning);

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "config_generator.h"
 #include "pg_inventory.h"
+#include "program.h"
 
 namespace boxmeter {
 namespace {
@@ -77,33 +78,19 @@ void Error(const std::string& message) {
 }
 
 int Main(int argc, char** argv) {
+  const ProgramInfo program{"boxmeter-gen", kFlags, Usage()};
   CommandLine cli;
-  std::string error;
-  if (!cli.Parse(kFlags, argc, argv, &error)) {
-    Error(error + " (see --help)");
-    return EX_USAGE;
-  }
-  if (cli.Has("help")) {
-    std::fputs(Usage().c_str(), stdout);
-    return 0;
-  }
-  if (cli.Has("version")) {
-    std::printf("boxmeter-gen %s\n", BOXMETER_VERSION);
-    return 0;
+  if (std::optional<int> done = StartProgram(program, argc, argv, &cli)) {
+    return *done;
   }
   if (cli.Has("stdout") && cli.Has("check")) {
     Error("--stdout and --check exclude each other; give one (see --help)");
     return EX_USAGE;
   }
 
-  Environment env = ProcessEnvironment();
-  std::string config_path = ConfigPath(cli.Value("config"), env);
   Config config;
-  std::vector<std::string> errors;
-  if (!LoadConfig(config_path, env, &config, &errors)) {
-    for (const std::string& e : errors) Error(e);
-    Error(std::to_string(errors.size()) + " problem(s) in " + config_path +
-          "; fix them and run again; nothing written");
+  if (!LoadConfigOrReport(program, cli,
+                          "fix them and run again; nothing written", &config)) {
     return EX_CONFIG;
   }
 

@@ -1,0 +1,41 @@
+#include "program.h"
+
+#include <sysexits.h>
+
+#include <cstdio>
+
+namespace boxmeter {
+
+std::optional<int> StartProgram(const ProgramInfo& program, int argc,
+                                const char* const* argv, CommandLine* cli) {
+  std::string error;
+  if (!cli->Parse(program.flags, argc, argv, &error)) {
+    std::fprintf(stderr, "%s: %s\n", program.name.c_str(), error.c_str());
+    return EX_USAGE;
+  }
+  if (cli->Has("help")) {
+    std::fputs(program.usage.c_str(), stdout);
+    return 0;
+  }
+  if (cli->Has("version")) {
+    std::printf("%s %s\n", program.name.c_str(), BOXMETER_VERSION);
+    return 0;
+  }
+  return std::nullopt;
+}
+
+bool LoadConfigOrReport(const ProgramInfo& program, const CommandLine& cli,
+                        const std::string& advice, Config* config) {
+  Environment env = ProcessEnvironment();
+  std::string path = ConfigPath(cli.Value("config"), env);
+  std::vector<std::string> errors;
+  if (LoadConfig(path, env, config, &errors)) return true;
+  for (const std::string& error : errors) {
+    std::fprintf(stderr, "%s: %s\n", program.name.c_str(), error.c_str());
+  }
+  std::fprintf(stderr, "%s: %zu problem(s) in %s; %s\n", program.name.c_str(),
+               errors.size(), path.c_str(), advice.c_str());
+  return false;
+}
+
+}  // namespace boxmeter
