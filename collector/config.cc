@@ -16,6 +16,7 @@
 #include <fmt/core.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <sstream>
 #include <utility>
 
 #include "utf8.h"
@@ -308,6 +310,77 @@ struct Entry {
 // The keys of one section; absent keys are simply not in the map.
 using Entries = std::map<std::string, Entry, std::less<>>;
 
+// yaml-cpp 0.7's LoadAll never returns on some invalid input, such as a
+// file that starts with ",": the parser does not consume the token it cannot
+// place, so it yields the same empty document at the same position forever,
+// allocating as it goes (yaml-cpp issue 1040; found by config_fuzz). This
+// walks the documents first without building them, and throws the parse
+// error LoadAll should have thrown when a document makes no progress.
+class DocumentWalker : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override {
+    events_ = 0;
+    only_null_ = true;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override {
+    if (events_++ == 0) first_ = mark;
+  }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override {
+    Content(mark);
+  }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                const std::string&) override {
+    Content(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&,
+                       YAML::anchor_t, YAML::EmitterStyle::value) override {
+    Content(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    Content(mark);
+  }
+  void OnMapEnd() override {}
+
+  // A document that is a lone null at the position of the previous one:
+  // the parser is stuck.
+  bool Stuck() {
+    bool stuck = only_null_ && events_ == 1 && have_previous_ &&
+                 first_.pos == previous_.pos;
+    previous_ = first_;
+    have_previous_ = events_ > 0;
+    return stuck;
+  }
+  const YAML::Mark& mark() const { return first_; }
+
+ private:
+  void Content(const YAML::Mark& mark) {
+    if (events_++ == 0) first_ = mark;
+    only_null_ = false;
+  }
+
+  int events_ = 0;
+  bool only_null_ = true;
+  YAML::Mark first_ = YAML::Mark::null_mark();
+  YAML::Mark previous_ = YAML::Mark::null_mark();
+  bool have_previous_ = false;
+};
+
+void CheckDocumentsEnd(const std::string& data) {
+  std::istringstream in(data);
+  YAML::Parser parser(in);
+  DocumentWalker walker;
+  while (parser.HandleNextDocument(walker)) {
+    if (walker.Stuck()) {
+      throw YAML::ParserException(walker.mark(),
+                                  "unexpected character where a value or "
+                                  "key should start");
+    }
+  }
+}
+
 class ConfigReader {
  public:
   ConfigReader(const std::string& path, const Environment& env,
@@ -339,6 +412,7 @@ class ConfigReader {
     }
     std::vector<YAML::Node> documents;
     try {
+      CheckDocumentsEnd(data);
       documents = YAML::LoadAll(data);
     } catch (const YAML::Exception& e) {
       std::string what = e.msg;
@@ -942,6 +1016,19 @@ std::string RedactUrl(std::string_view url) {
     // "u:pw@h"): hide everything from the first ':' to the last '@'.
     size_t at = out.rfind('@');
     size_t colon = out.find(':');
+    if (colon < at) out.replace(colon + 1, at - colon - 1, "***");
+  }
+  // URLs inside a longer text (a multi-line YAML scalar quoted back in an
+  // error): hide the password of each "scheme://user:password@", which
+  // cannot contain a raw space, up to the next one.
+  for (size_t pos = out.find("://", is_url ? scheme_end + 3 : 0);
+       pos != std::string::npos; pos = out.find("://", pos + 3)) {
+    size_t start = pos + 3;
+    size_t end = out.find_first_of(" \t\r\n", start);
+    if (end == std::string::npos) end = out.size();
+    size_t at = end > start ? out.rfind('@', end - 1) : std::string::npos;
+    if (at == std::string::npos || at < start) continue;
+    size_t colon = out.find(':', start);
     if (colon < at) out.replace(colon + 1, at - colon - 1, "***");
   }
   RedactPasswordParameters(&out, is_url);
