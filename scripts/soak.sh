@@ -39,7 +39,9 @@ fi
 pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 collector_pid=""
 cleanup() {
-  [ -n "$collector_pid" ] && kill -9 "$collector_pid" 2>/dev/null || true
+  if [ -n "$collector_pid" ]; then
+    kill "$collector_pid" 2>/dev/null && wait "$collector_pid" 2>/dev/null || true
+  fi
   [ -n "${fake_pid:-}" ] && kill "$fake_pid" 2>/dev/null || true
   "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/data" -m immediate -w stop \
     >/dev/null 2>&1 || true

@@ -205,6 +205,7 @@ class ChaosWorld {
             .source_timeout = kSourceTimeout,
             .log_level = "debug"});
     collector_->Start();
+    ++collector_starts_;
     Say("world: PostgreSQL :" + std::to_string(pg_->port()) + " via proxy " +
         pg_proxy_->address() + ", v2ray-core API " + v2ray_->ApiAddress() +
         " via proxy " + api_proxy_->address() + ", collector log " +
@@ -221,6 +222,7 @@ class ChaosWorld {
   void StartCollector(const std::string& why) {
     if (CollectorRunning()) return;
     collector_->Start();
+    ++collector_starts_;
     collector_down_since_.reset();
     Survived("collector start", why);
   }
@@ -417,6 +419,20 @@ class ChaosWorld {
 
   void TermCollector() {
     if (Chance(0.5)) Traffic();
+    // SIGTERM is handled (one last poll and commit, exit 0) once the
+    // collector has set up its loop, which it logs; before that, in its
+    // first milliseconds, SIGTERM's default action ends it (status 143)
+    // with nothing polled yet. Wait for the line, so the run tests the
+    // handled case.
+    if (!WaitUntil(
+            [&] {
+              return collector_->CountLogLines(std::string("node ") + kNode +
+                                               ": polling ") >=
+                     static_cast<size_t>(collector_starts_);
+            },
+            10s, 20ms)) {
+      throw ChaosFailure("the collector did not log its start within 10s");
+    }
     collector_->Signal(SIGTERM);
     std::optional<int> code = collector_->Wait(60s);
     if (!code)
@@ -634,6 +650,7 @@ class ChaosWorld {
   ProxyFault pg_fault_;
   ProxyFault api_fault_;
   std::optional<Clock::time_point> collector_down_since_;
+  int collector_starts_ = 0;
   // The collector holds traffic of a v2ray instance that is gone and that
   // the database does not have yet: it must not die until then.
   bool fragile_ = false;
