@@ -365,8 +365,11 @@ TEST_F(SqlFunctionsTest, DailyAndHourlyViewsSumOverNodes) {
                   "FROM user_daily ORDER BY day"),
             "-1|111|222|333\n0|1000|2000|3000");
   EXPECT_EQ(Query("SELECT count(*) FROM user_node_hourly"), "4");
-  // Days are the session's: at UTC-1 yesterday's 23:00 UTC is today's 22:00.
-  EXPECT_EQ(Query("SET TIME ZONE '-01:00'; SELECT day - current_date, total "
+  // Days are the session's: at UTC+1 (POSIX '-01:00') yesterday's 23:00 UTC
+  // is today's 00:00. Count days from the UTC date the hours were made from:
+  // the session's current_date is already tomorrow after 23:00 UTC.
+  EXPECT_EQ(Query("SET TIME ZONE '-01:00'; SELECT day - "
+                  "(now() AT TIME ZONE 'UTC')::date, total "
                   "FROM user_daily ORDER BY day"),
             "-1|3\n0|3330");
 }
