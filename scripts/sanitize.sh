@@ -16,7 +16,8 @@
 # means zero reports. Suppressions (tests/sanitizers/*.supp) name only frames
 # of Debian's uninstrumented libraries (gRPC, protobuf, abseil, libpq); each
 # entry says why. Environment: JOBS (build parallelism, default 2),
-# CTEST_JOBS (default 2), TARGETS (what to build; default: everything).
+# CTEST_JOBS (default 2), TARGETS (what to build; default: what the mode's
+# tests run, so neither builds the benchmark, the demo or the chaos run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -25,11 +26,19 @@ jobs=${JOBS:-2}
 ctest_jobs=${CTEST_JOBS:-2}
 supp="$root/tests/sanitizers"
 
-configure_and_build() {  # DIR SANITIZERS
+# Every test binary, and the binaries they start.
+asan_targets="boxmeter_unit_tests boxmeter_io_tests boxmeter_pg_tests
+  boxmeter_e2e_tests boxmeter_gen_tests boxmeter_deploy_tests
+  boxmeter_sql_tests boxmeter-collector boxmeter-gen fake-stats-server"
+# The binaries holding the tests run_tsan selects.
+tsan_targets="boxmeter_io_tests boxmeter_pg_tests boxmeter_e2e_tests
+  boxmeter-collector fake-stats-server"
+
+configure_and_build() {  # DIR SANITIZERS TARGETS
   cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DBOXMETER_SANITIZE="$2" >/dev/null
   # shellcheck disable=SC2086
-  ninja -C "$1" -j"$jobs" ${TARGETS:-}
+  ninja -C "$1" -j"$jobs" ${TARGETS:-$3}
 }
 
 # Fails with the reports if any process wrote one.
@@ -48,7 +57,7 @@ check_logs() {  # DIR NAME
 
 run_asan() {
   local dir=build-asan
-  configure_and_build "$dir" address,undefined
+  configure_and_build "$dir" address,undefined "$asan_targets"
   rm -rf "$dir/sanitizer-logs" && mkdir -p "$dir/sanitizer-logs"
   local log="$root/$dir/sanitizer-logs"
   local status=0
@@ -63,7 +72,7 @@ run_asan() {
 
 run_tsan() {
   local dir=build-tsan
-  configure_and_build "$dir" thread
+  configure_and_build "$dir" thread "$tsan_targets"
   rm -rf "$dir/sanitizer-logs" && mkdir -p "$dir/sanitizer-logs"
   local log="$root/$dir/sanitizer-logs"
   local status=0
