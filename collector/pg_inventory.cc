@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "config.h"  // RedactUrl
+#include "pg_connection_defaults.h"
 
 namespace boxmeter {
 namespace {
@@ -30,7 +31,7 @@ PgInventory::PgInventory(std::string url) : url_(std::move(url)) {}
 Status PgInventory::Read(const std::string& node, Inventory* out) {
   std::string where = "PostgreSQL " + RedactUrl(url_);
   try {
-    pqxx::connection connection(url_);
+    pqxx::connection connection(WithConnectionDefaults(url_));
     connection.set_client_encoding("UTF8");
     // One snapshot: inbounds and users as of the same moment.
     pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> tx(connection);

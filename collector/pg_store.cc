@@ -12,6 +12,7 @@
 #include "config.h"  // RedactUrl
 #include "log.h"
 #include "migrations.h"
+#include "pg_connection_defaults.h"
 #include "utf8.h"
 
 namespace boxmeter {
@@ -280,7 +281,7 @@ Status PgStore::Connect() {
   if (connection_ && connection_->pq.is_open()) return Status::Ok();
   connection_.reset();
   try {
-    connection_ = std::make_unique<Connection>(url_);
+    connection_ = std::make_unique<Connection>(WithConnectionDefaults(url_));
     return Status::Ok();
   } catch (const std::exception& e) {
     return Failed("cannot connect for node '" + node_ + "'", e);

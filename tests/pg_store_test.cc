@@ -65,6 +65,23 @@ class PgStoreTest : public PgDatabaseTest {
   }
 };
 
+// PgStore adds connect and keepalive limits to database.url
+// (pg_connection_defaults.h); libpq refuses a parameter it does not know, so
+// connecting proves each form of the string still means what it did.
+TEST_F(PgStoreTest, ConnectsWithTheAddedLimitsInEveryFormOfUrl) {
+  std::string port = std::to_string(server().port());
+  for (const std::string& form :
+       {url(), url() + "?application_name=boxmeter",
+        url() + "?keepalives_idle=5",
+        "host=127.0.0.1 port=" + port + " user=postgres dbname=" + database(),
+        "host=127.0.0.1 port=" + port + " user=postgres dbname=" + database() +
+            " connect_timeout=3"}) {
+    PgStore store(form, "edge-1");
+    Status status = store.Migrate();
+    EXPECT_TRUE(status.ok()) << form << ": " << status.message();
+  }
+}
+
 TEST_F(PgStoreTest, MigrateTwiceAppliesEachMigrationOnce) {
   ASSERT_FALSE(EmbeddedMigrations().empty());
   EXPECT_EQ(EmbeddedMigrations().front().name, "0001_init.sql");
