@@ -76,6 +76,19 @@ int Migrate(Store& store) {
   return 0;
 }
 
+// Until the signal_set in Main exists, SIGTERM, SIGINT and SIGHUP would take
+// their default action: a stop right after start would end the collector
+// with status 143 instead of a last commit and 0. Blocked, they wait for it.
+// Threads started meanwhile (gRPC's, the database worker) keep the block,
+// so these signals are then taken by the main thread; hooks start with an
+// empty mask (HookRunner).
+void BlockStopSignals(bool block) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int signal : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, signal);
+  pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, nullptr);
+}
+
 // SIGTERM/SIGINT stop the collector; SIGHUP reloads the config file.
 void HandleSignals(boost::asio::signal_set& signals, Collector& collector,
                    const std::string& config_path) {
@@ -100,6 +113,7 @@ void HandleSignals(boost::asio::signal_set& signals, Collector& collector,
 }
 
 int Main(int argc, char** argv) {
+  BlockStopSignals(true);
   const ProgramInfo program{"boxmeter-collector", kFlags, Usage()};
   CommandLine cli;
   if (std::optional<int> done = StartProgram(program, argc, argv, &cli)) {
@@ -124,7 +138,10 @@ int Main(int argc, char** argv) {
   SetLogLevel(config.log.level);
 
   PgStore store(config.database.url, config.node);
-  if (cli.Has("migrate")) return Migrate(store);
+  if (cli.Has("migrate")) {
+    BlockStopSignals(false);
+    return Migrate(store);
+  }
 
   StableClock clock;
   GrpcStatsSource source(config.source.address, config.source.max_message_size,
@@ -135,6 +152,7 @@ int Main(int argc, char** argv) {
   Collector collector(io, config, source, store, notifier);
 
   if (cli.Has("once")) {
+    BlockStopSignals(false);
     collector.StartOnce();
     io.run();
     return collector.succeeded() ? 0 : EX_UNAVAILABLE;
@@ -142,6 +160,7 @@ int Main(int argc, char** argv) {
 
   boost::asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
   HandleSignals(signals, collector, config.path);
+  BlockStopSignals(false);
   collector.Start();
   io.run();
   return 0;
