@@ -11,31 +11,24 @@
 #include <vector>
 
 #include "delta_engine.h"
-#include "pg_server.h"
+#include "pg_database_test.h"
 #include "pg_store.h"
 #include "snapshot.h"
 
 namespace boxmeter {
 namespace {
 
-using testing::PgServer;
-
 constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
 constexpr int64_t kStartMs = 1'767'320'000'000;
 
-class HostilePgTest : public ::testing::Test {
+class HostilePgTest : public testing::PgDatabaseTest {
  protected:
-  static void SetUpTestSuite() { server_ = new PgServer(); }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
+  HostilePgTest() : PgDatabaseTest("hostile") {}
 
   void SetUp() override {
-    static int databases = 0;
-    database_ = "hostile_" + std::to_string(++databases);
-    url_ = server_->CreateDatabase(database_);
-    store_ = std::make_unique<PgStore>(url_, "hostile-node");
+    PgDatabaseTest::SetUp();
+    if (HasFatalFailure()) return;
+    store_ = std::make_unique<PgStore>(url(), "hostile-node");
     Status status = store_->Migrate();
     ASSERT_TRUE(status.ok()) << status.message();
     Load();
@@ -81,8 +74,8 @@ class HostilePgTest : public ::testing::Test {
   std::map<std::string, std::string> UserTraffic() {
     std::map<std::string, std::string> out;
     // One row per line; names may hold anything, so select them encoded.
-    std::string rows = server_->Query(
-        database_,
+    std::string rows = server().Query(
+        database(),
         "SELECT encode(convert_to(name, 'UTF8'), 'hex') || '|' || uplink "
         "|| '|' || downlink || '|' || total FROM user_traffic");
     size_t start = 0;
@@ -102,15 +95,10 @@ class HostilePgTest : public ::testing::Test {
     return out;
   }
 
-  static PgServer* server_;
-  std::string database_;
-  std::string url_;
   std::unique_ptr<PgStore> store_;
   DeltaEngine engine_;
   int64_t poll_ms_ = kStartMs + 3'600'000;
 };
-
-PgServer* HostilePgTest::server_ = nullptr;
 
 // 64 KiB of printable ASCII: repetitive (PostgreSQL compresses it) or
 // random (it cannot).
@@ -152,7 +140,7 @@ TEST_F(HostilePgTest, HostileNamesSurviveTheWholePath) {
   Load();
   PollAndCommit(counters);
   EXPECT_EQ(UserTraffic(), traffic);
-  EXPECT_EQ(server_->Query(database_, "SELECT commit_seq FROM nodes"), "1");
+  EXPECT_EQ(server().Query(database(), "SELECT commit_seq FROM nodes"), "1");
 }
 
 TEST_F(HostilePgTest, AnIncompressibleLongNameDoesNotBlockTheNode) {
@@ -173,7 +161,7 @@ TEST_F(HostilePgTest, MaximumValuesSaturateEndToEnd) {
   EXPECT_EQ(UserTraffic()["huge"], max + "|" + max + "|" + max);
   PollAndCommit({{"huge", {kMax, kMax}}, {"zero", {0, 0}}}, kStartMs + 600'000);
   EXPECT_EQ(UserTraffic()["huge"], max + "|" + max + "|" + max);
-  EXPECT_EQ(server_->Query(database_,
+  EXPECT_EQ(server().Query(database(),
                            "SELECT h.uplink, h.downlink FROM counter_hourly h "
                            "JOIN counters c ON c.id = h.counter_id "
                            "WHERE c.name = 'huge'"),

@@ -9,34 +9,28 @@
 #include <chrono>
 #include <memory>
 
-#include "pg_server.h"
+#include "pg_database_test.h"
 #include "pg_store.h"
 
 namespace boxmeter {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::PgServer;
 using testing::TcpProxy;
 
 constexpr int64_t kStartMs = 1'767'320'000'000;
 
-class TcpProxyTest : public ::testing::Test {
+class TcpProxyTest : public testing::PgDatabaseTest {
  protected:
-  static void SetUpTestSuite() { server_ = new PgServer(); }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
+  TcpProxyTest() : PgDatabaseTest("proxy") {}
 
   void SetUp() override {
-    static int databases = 0;
-    database_ = "proxy_" + std::to_string(++databases);
-    server_->CreateDatabase(database_);
-    proxy_ = std::make_unique<TcpProxy>("127.0.0.1", server_->port());
+    PgDatabaseTest::SetUp();
+    if (HasFatalFailure()) return;
+    proxy_ = std::make_unique<TcpProxy>("127.0.0.1", server().port());
     store_ =
         std::make_unique<PgStore>("postgresql://postgres@" + proxy_->address() +
-                                      "/" + database_ + "?connect_timeout=2",
+                                      "/" + database() + "?connect_timeout=2",
                                   "proxied");
     Status status = store_->Migrate();
     ASSERT_TRUE(status.ok()) << status.message();
@@ -53,17 +47,13 @@ class TcpProxyTest : public ::testing::Test {
   }
 
   int64_t Seq() {
-    return std::stoll(server_->Query(
-        database_, "SELECT commit_seq FROM nodes WHERE name = 'proxied'"));
+    return std::stoll(server().Query(
+        database(), "SELECT commit_seq FROM nodes WHERE name = 'proxied'"));
   }
 
-  static PgServer* server_;
-  std::string database_;
   std::unique_ptr<TcpProxy> proxy_;
   std::unique_ptr<PgStore> store_;
 };
-
-PgServer* TcpProxyTest::server_ = nullptr;
 
 TEST_F(TcpProxyTest, CommitWhoseReplyIsLostAppliedAndSaysUnknown) {
   proxy_->CutOnClientBytes(TcpProxy::PostgresCommitMessage(),
@@ -79,7 +69,7 @@ TEST_F(TcpProxyTest, CommitWhoseReplyIsLostAppliedAndSaysUnknown) {
   EXPECT_EQ(seq, 1);
   // Replaying the batch cannot count it twice.
   EXPECT_EQ(store_->Commit(Batch(0, 100)).outcome, CommitOutcome::kNotApplied);
-  EXPECT_EQ(server_->Query(database_, "SELECT uplink FROM counters"), "100");
+  EXPECT_EQ(server().Query(database(), "SELECT uplink FROM counters"), "100");
 }
 
 TEST_F(TcpProxyTest, CommitCutBeforeTheServerSeesItDidNotApply) {
@@ -91,11 +81,11 @@ TEST_F(TcpProxyTest, CommitCutBeforeTheServerSeesItDidNotApply) {
   Status status = store_->ReadCommitSeq(&seq);
   ASSERT_TRUE(status.ok()) << status.message();
   EXPECT_EQ(seq, 0);
-  EXPECT_EQ(server_->Query(database_, "SELECT count(*) FROM counters"), "0");
+  EXPECT_EQ(server().Query(database(), "SELECT count(*) FROM counters"), "0");
   // So the same batch is committed again, once.
   result = store_->Commit(Batch(0, 100));
   ASSERT_EQ(result.outcome, CommitOutcome::kApplied) << result.status.message();
-  EXPECT_EQ(server_->Query(database_, "SELECT uplink FROM counters"), "100");
+  EXPECT_EQ(server().Query(database(), "SELECT uplink FROM counters"), "100");
 }
 
 TEST_F(TcpProxyTest, StallIsBoundedByTheConnectTimeoutOfANewConnection) {
