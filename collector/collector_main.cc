@@ -23,18 +23,12 @@
 namespace boxmeter {
 namespace {
 
-const std::vector<FlagSpec> kFlags = {
-    {"config", true,
-     "the config file (default: $BOXMETER_CONFIG, else " +
-         std::string(kDefaultConfigPath) + ")",
-     "FILE"},
+const std::vector<FlagSpec> kFlags = ProgramFlags({
     {"once", false,
      "poll and commit once, then exit (non-zero when that failed)"},
     {"check-config", false, "validate the config file and exit"},
     {"migrate", false, "apply the database schema and exit"},
-    {"version", false, "print the version and exit"},
-    {"help", false, "print this help and exit"},
-};
+});
 
 std::string Usage() {
   return "Usage: boxmeter-collector [options]\n"

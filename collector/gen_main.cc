@@ -25,17 +25,11 @@ namespace {
 
 constexpr int kWouldChange = 1;  // --check: the file is not up to date
 
-const std::vector<FlagSpec> kFlags = {
-    {"config", true,
-     "the config file (default: $BOXMETER_CONFIG, else " +
-         std::string(kDefaultConfigPath) + ")",
-     "FILE"},
+const std::vector<FlagSpec> kFlags = ProgramFlags({
     {"stdout", false, "print the config instead of writing generator.output"},
     {"check", false,
      "write nothing; exit 0 if generator.output is up to date, 1 if not"},
-    {"version", false, "print the version and exit"},
-    {"help", false, "print this help and exit"},
-};
+});
 
 std::string Usage() {
   return "Usage: boxmeter-gen [options]\n"

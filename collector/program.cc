@@ -6,6 +6,18 @@
 
 namespace boxmeter {
 
+std::vector<FlagSpec> ProgramFlags(std::vector<FlagSpec> own) {
+  std::vector<FlagSpec> flags = {
+      {"config", true,
+       "the config file (default: $BOXMETER_CONFIG, else " +
+           std::string(kDefaultConfigPath) + ")",
+       "FILE"}};
+  flags.insert(flags.end(), own.begin(), own.end());
+  flags.push_back({"version", false, "print the version and exit"});
+  flags.push_back({"help", false, "print this help and exit"});
+  return flags;
+}
+
 std::optional<int> StartProgram(const ProgramInfo& program, int argc,
                                 const char* const* argv, CommandLine* cli) {
   std::string error;

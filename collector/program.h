@@ -18,6 +18,10 @@ struct ProgramInfo {
   std::string usage;  // the whole --help text
 };
 
+// The flags of a boxmeter binary: --config FILE, then `own`, then --version
+// and --help, which StartProgram answers.
+std::vector<FlagSpec> ProgramFlags(std::vector<FlagSpec> own);
+
 // Parses argv into `cli` and answers --help and --version. Returns the exit
 // code when the program is done (0 after help or version, EX_USAGE with a
 // message on stderr for a bad command line), nullopt to go on.
