@@ -31,12 +31,16 @@ asan_targets="boxmeter_unit_tests boxmeter_io_tests boxmeter_pg_tests
   boxmeter_e2e_tests boxmeter_gen_tests boxmeter_deploy_tests
   boxmeter_sql_tests boxmeter-collector boxmeter-gen fake-stats-server"
 # The binaries holding the tests run_tsan selects.
-tsan_targets="boxmeter_io_tests boxmeter_pg_tests boxmeter_e2e_tests
-  boxmeter-collector fake-stats-server"
+tsan_targets="boxmeter_io_tests boxmeter_e2e_tests boxmeter-collector
+  fake-stats-server"
 
+# -O1 -g1: what the sanitizers' docs suggest, fast enough to run the
+# tests, line numbers in every report, and builds far faster than
+# RelWithDebInfo (-O2 -g), whose full debug info of the gRPC and protobuf
+# headers dominated the build.
 configure_and_build() {  # DIR SANITIZERS TARGETS
-  cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DBOXMETER_SANITIZE="$2" >/dev/null
+  cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE= \
+    -DCMAKE_CXX_FLAGS="-O1 -g1" -DBOXMETER_SANITIZE="$2" >/dev/null
   # shellcheck disable=SC2086
   ninja -C "$1" -j"$jobs" ${TARGETS:-$3}
 }
