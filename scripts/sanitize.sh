@@ -88,13 +88,11 @@ run_tsan() {
   # The threaded parts: the poll loop with its database worker, the gRPC
   # callbacks, the fake server, the hook runner's waiter, and the binary.
   # Left out: the tests of reply size (200,000 and a million counters: TSan
-  # makes them take many minutes, and ASan runs them) and the one that
-  # asserts a 300 ms deadline (under TSan the first call alone may take
-  # longer).
+  # makes them take many minutes, and ASan runs them).
   TSAN_OPTIONS="log_path=$log/tsan:halt_on_error=0:second_deadlock_stack=1:suppressions=$supp/tsan.supp" \
     ctest --test-dir "$dir" --output-on-failure -j"$ctest_jobs" -LE chaos \
     -R '^(Collector|GrpcStatsSource|FakeStatsServer|HookRunner|Hostile)' \
-    -E '(Million|TwoHundredThousand|SlowReplyGivesDeadlineWithinBoundedTime)' \
+    -E '(Million|TwoHundredThousand)' \
     || status=$?
   check_logs "$dir" "TSan" || status=1
   return $status
