@@ -3,8 +3,7 @@
 // database host vanished without a reset (a partition, a dead VM) would hold
 // its commits that long. WithConnectionDefaults adds shorter limits to a
 // database.url that sets none of its own.
-#ifndef BOXMETER_PG_CONNECTION_DEFAULTS_H_
-#define BOXMETER_PG_CONNECTION_DEFAULTS_H_
+#pragma once
 
 #include <string>
 #include <string_view>
@@ -32,5 +31,3 @@ std::string WithConnectionDefaults(std::string_view url,
 std::string WithConnectionDefaults(std::string_view url);
 
 }  // namespace boxmeter
-
-#endif  // BOXMETER_PG_CONNECTION_DEFAULTS_H_
