@@ -56,11 +56,8 @@ class PgStoreTest : public PgDatabaseTest {
   std::unique_ptr<PgStore> Ready(const std::string& node,
                                  NodeState* state = nullptr) {
     auto store = std::make_unique<PgStore>(url(), node);
-    Status migrated = store->Migrate();
-    EXPECT_TRUE(migrated.ok()) << migrated.message();
     NodeState ignored;
-    Status loaded = store->LoadNode(state ? state : &ignored);
-    EXPECT_TRUE(loaded.ok()) << loaded.message();
+    testing::MigrateAndLoad(*store, state ? state : &ignored);
     return store;
   }
 };

@@ -32,11 +32,8 @@ class TcpProxyTest : public testing::PgDatabaseTest {
         std::make_unique<PgStore>("postgresql://postgres@" + proxy_->address() +
                                       "/" + database() + "?connect_timeout=2",
                                   "proxied");
-    Status status = store_->Migrate();
-    ASSERT_TRUE(status.ok()) << status.message();
     NodeState state;
-    status = store_->LoadNode(&state);
-    ASSERT_TRUE(status.ok()) << status.message();
+    testing::MigrateAndLoad(*store_, &state);
   }
 
   CommitBatch Batch(int64_t seq, int64_t up) {

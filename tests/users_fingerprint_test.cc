@@ -15,6 +15,7 @@
 namespace boxmeter {
 namespace {
 
+using boxmeter::testing::MigrateAndLoad;
 using boxmeter::testing::PgDatabaseTest;
 using boxmeter::testing::WaitUntil;
 using namespace std::chrono_literals;
@@ -27,11 +28,9 @@ class UsersFingerprintTest : public PgDatabaseTest {
     PgDatabaseTest::SetUp();
     if (HasFatalFailure()) return;
     store_ = std::make_unique<PgStore>(url(), "edge-1");
-    Status status = store_->Migrate();
-    ASSERT_TRUE(status.ok()) << status.message();
     NodeState state;
-    status = store_->LoadNode(&state);
-    ASSERT_TRUE(status.ok()) << status.message();
+    MigrateAndLoad(*store_, &state);
+    if (HasFatalFailure()) return;
     seq_ = state.commit_seq;
     Sql(R"sql(
       INSERT INTO users (name, uuid, password, quota_bytes) VALUES

@@ -19,8 +19,18 @@
 #include <utility>
 
 #include "pg_server.h"
+#include "pg_store.h"
 
 namespace boxmeter::testing {
+
+// Migrates `store` and loads its node into `state`, as the collector's start
+// does; either failing fails the test (callers check HasFatalFailure()).
+inline void MigrateAndLoad(PgStore& store, NodeState* state) {
+  Status migrated = store.Migrate();
+  ASSERT_TRUE(migrated.ok()) << migrated.message();
+  Status loaded = store.LoadNode(state);
+  ASSERT_TRUE(loaded.ok()) << loaded.message();
+}
 
 class PgDatabaseTest : public ::testing::Test {
  protected:
