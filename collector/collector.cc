@@ -225,7 +225,7 @@ void Collector::OnDatabasePrepared(Status status, NodeState state) {
                                   state.commit_seq));
   backoff_ = milliseconds(0);
   retry_after_ = {};
-  engine_.Load(state.commit_seq, state.baselines);
+  engine_.Load(state.commit_seq, state.instance, state.baselines);
   database_ready_ = true;
   if (!ready_sent_) {
     notifier_.Ready();
