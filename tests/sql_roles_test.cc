@@ -33,11 +33,10 @@ class SqlRolesTest : public SqlTest {
           "SELECT link_user('alice', 'edge-1', 'vless-in');");
   }
 
-  // A user counter's row of a commit, from an instance started today.
+  // A user counter's row of a commit, from the node's first instance.
   static CommitRow Row(const std::string& name, int64_t delta, int64_t base) {
     return CommitRow{CounterKey{CounterKind::kUser, name},
-                     CounterValues{delta, delta}, CounterValues{base, base},
-                     DayMs(0)};
+                     CounterValues{delta, delta}, CounterValues{base, base}, 0};
   }
 
   // Expects `sql`, run as `role`, to be refused for lack of privilege.
