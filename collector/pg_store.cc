@@ -323,8 +323,12 @@ Status PgStore::Migrate() {
       current = "applying migration " + std::string(migration.name);
       pqxx::work tx(pq);
       tx.exec(std::string(migration.sql));
-      tx.exec_params("INSERT INTO schema_migrations (name) VALUES ($1)",
-                     std::string(migration.name));
+      // Each file records itself too (so it applies with plain psql);
+      // this covers one that does not.
+      tx.exec_params(
+          "INSERT INTO schema_migrations (name) VALUES ($1) "
+          "ON CONFLICT (name) DO NOTHING",
+          std::string(migration.name));
       tx.commit();
       LogInfo("applied migration {} to {}", migration.name, redacted_url_);
     }
