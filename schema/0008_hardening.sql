@@ -881,8 +881,6 @@ AS $reset_all$
 DECLARE
   changed bigint;
 BEGIN
-  -- Row locks first, in one order, as reset_usage takes them one by one.
-  PERFORM 1 FROM users ORDER BY id FOR UPDATE;
   WITH names AS (
     SELECT u.id AS user_id, u.name FROM users u
     UNION ALL

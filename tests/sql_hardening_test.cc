@@ -278,6 +278,42 @@ TEST_F(SqlHardeningTest, RetireNodeKeepsTotalsAndQuotaUsage) {
               {"retired", "new name"});
 }
 
+// The speed targets' shapes (scripts/sql-bench.sh has the timings): one
+// node's users are read from its links, not by checking every user first,
+// and a range of days reads only their hours.
+TEST_F(SqlHardeningTest, NodeReadsFollowItsLinksAndDaysTheirHours) {
+  Query(
+      "INSERT INTO users (name) SELECT 'u' || i FROM generate_series(1, 3000) "
+      "AS i; "
+      "INSERT INTO inbound_users SELECT i.id, u.id FROM inbounds i, users u "
+      "WHERE i.node = 'edge-1' OR u.id <= 3; "
+      "INSERT INTO nodes (name) VALUES ('edge-1'); "
+      "INSERT INTO counters (node, kind, name, instance_start) "
+      "SELECT 'edge-1', 'user', name, now() FROM users; "
+      "INSERT INTO counter_hourly SELECT c.id, date_trunc('hour', now()) - "
+      "h * interval '1 hour', 1, 1 FROM counters c, generate_series(0, 99) "
+      "AS h; "
+      "ANALYZE");
+  // Each user's usage is summed once per user of the node: 3 times, not
+  // 3000 (0002's view checked every user's eligibility first).
+  std::string node = Query(
+      "SET jit = off; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) "
+      "SELECT count(*) FROM node_inbound_users WHERE node = 'edge-2'");
+  size_t usage = node.find("using counters_user_name on counters c ");
+  ASSERT_NE(usage, std::string::npos) << node;
+  EXPECT_EQ(node.substr(usage, node.find('\n', usage) - usage).find("loops=3)"),
+            node.substr(usage, node.find('\n', usage) - usage).size() -
+                std::string("loops=3)").size())
+      << node;
+  EXPECT_EQ(Query("SELECT count(*) FROM node_inbound_users WHERE node = "
+                  "'edge-2'"),
+            "3");
+  std::string day = Query(
+      "SET jit = off; EXPLAIN SELECT * FROM user_node_hourly WHERE hour >= "
+      "current_date::timestamptz AND hour < (current_date + 1)::timestamptz");
+  EXPECT_NE(day.find("counter_hourly_hour"), std::string::npos) << day;
+}
+
 // Every file of schema/ applies on its own with plain psql and records
 // itself; the collector's runner then finds nothing to do.
 TEST_F(SqlHardeningTest, MigrationsApplyWithPlainPsql) {
