@@ -394,7 +394,18 @@ Status PgStore::LoadNode(NodeState* out) {
     *out = std::move(state);
     return Status::Ok();
   } catch (const std::exception& e) {
-    return Failed("loading node '" + node_ + "'", e);
+    Status status = Failed("loading node '" + node_ + "'", e);
+    // schema/0008_hardening.sql: a collector's login writes only the nodes
+    // the schema's owner granted it.
+    if (std::string_view(e.what()).find("row-level security") !=
+        std::string_view::npos) {
+      return Status::Error(status.message() +
+                           "; this login may not write node '" + node_ +
+                           "': have the schema's owner run SELECT "
+                           "grant_node('" +
+                           node_ + "', '<this login role>')");
+    }
+    return status;
   }
 }
 

@@ -23,7 +23,9 @@
 -- users_fingerprint in proportion to the node's users.
 --
 -- Apply with `boxmeter-collector --migrate` or `psql -1 -f` as the schema's
--- owner (after 0001 to 0007).
+-- owner (after 0001 to 0007). Upgrading: a collector that connects as a
+-- login granted boxmeter_collector may write nothing until the owner runs
+-- grant_node(its node, its login) (see COOKBOOK.md, "Access").
 
 SELECT set_config('search_path', format('%I, pg_temp', current_schema()),
                   true);

@@ -11,6 +11,8 @@
 #   KEEP=1 scripts/sql-bench.sh          leaves the server running (for
 #                                        EXPLAIN); prints how to stop it
 #   TIMINGS=0 KEEP=1 scripts/sql-bench.sh    the data set only
+#   SCHEMA_REV=<commit> scripts/sql-bench.sh  the schema of that commit, to
+#                                        compare (its missing functions: n/a)
 #
 # The data set: USERS users with a quota, all linked to inbound vless-in of
 # node edge-1, half of them also to edge-2's; one user counter per user and
@@ -50,9 +52,19 @@ fi
 psql() { PGOPTIONS="-c client_min_messages=warning" command psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
   -U postgres "$@"; }
 psql -d postgres -c "CREATE DATABASE bench" >/dev/null
-for file in schema/[0-9]*.sql; do
-  psql -d bench -1 -f "$file" >/dev/null
-done
+if [[ -n ${SCHEMA_REV:-} ]]; then
+  # An older schema, to compare: its files did not create schema_migrations.
+  psql -d bench -c "CREATE TABLE schema_migrations (name text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now())" >/dev/null
+  for file in $(git ls-tree --name-only "$SCHEMA_REV" schema/ |
+                grep -E '^schema/[0-9].*\.sql$'); do
+    git show "$SCHEMA_REV:$file" | psql -d bench -1 -f - >/dev/null
+  done
+else
+  for file in schema/[0-9]*.sql; do
+    psql -d bench -1 -f "$file" >/dev/null
+  done
+fi
 
 echo "building the data set: $users users (load: $(cut -d' ' -f1-3 \
   /proc/loadavg))" >&2
@@ -105,7 +117,7 @@ statements=(
   "top_users, 7 days|SELECT * FROM top_users(current_date - 6, now()) LIMIT 3"
   "top_users, 30 days|SELECT * FROM top_users(now() - interval '30 days', now()) LIMIT 10"
   "user_daily_between, today|SELECT * FROM user_daily_between(current_date, current_date) ORDER BY total DESC LIMIT 10"
-  "user_daily_between, 7 days, one user|SELECT * FROM user_daily_between(current_date - 6, current_date) WHERE name = 'user77'"
+  "user_daily, one user, 30 days|SELECT * FROM user_daily WHERE name = 'user77' AND day > current_date - 30"
   "user_quota_status, >= 80%|SELECT name FROM user_quota_status WHERE percent >= 80 AND state = 'active'"
   "user_quota_status, shut out|SELECT name FROM user_quota_status WHERE state <> 'active'"
   "user_quota_status, one user|SELECT * FROM user_quota_status WHERE name = 'user77'"
@@ -127,14 +139,15 @@ statements=(
 best_ms() {
   local sql=$1 best="" run ms
   for run in 1 2 3; do
-    ms=$(psql -d bench -At <<SQL | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1
+    ms=$(psql -d bench -At 2>/dev/null <<SQL | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1
 BEGIN;
 \timing on
 $sql;
 \timing off
 ROLLBACK;
 SQL
-    )
+    ) || true
+    [[ -n $ms ]] || { echo "n/a"; return; }
     if [[ -z $best ]] || awk -v a="$ms" -v b="$best" 'BEGIN{exit !(a<b)}'; then
       best=$ms
     fi
@@ -146,6 +159,10 @@ printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "-----------" "--------"
 for entry in "${statements[@]}"; do
   label=${entry%%|*}
   ms=$(best_ms "${entry#*|}")
+  if [[ $ms == n/a ]]; then
+    printf '| %-38s | %9s | %s |\n' "$label" "n/a" "n/a"
+    continue
+  fi
   verdict=$(awk -v ms="$ms" 'BEGIN{print (ms < 300) ? "< 300 ok" : "MISSED"}')
   printf '| %-38s | %9.1f | %s |\n' "$label" "$ms" "$verdict"
 done

@@ -162,6 +162,9 @@ TEST_F(SqlRolesTest, ACollectorWritesOnlyItsGrantedNodeAndOldHistory) {
   EXPECT_FALSE(loaded.ok());
   EXPECT_NE(loaded.message().find("row-level security"), std::string::npos)
       << loaded.message();
+  EXPECT_NE(loaded.message().find("SELECT grant_node('edge-3', "),
+            std::string::npos)
+      << loaded.message();
   // Granted, it does.
   EXPECT_EQ(Query("SELECT grant_node('edge-3', '" + meter_ + "')"),
             "role '" + meter_ + "' may write node 'edge-3'");
