@@ -137,17 +137,17 @@ statements=(
   "retire_node edge-2|SELECT retire_node('edge-2')"
 )
 best_ms() {
-  local sql=$1 best="" run ms
+  local sql=$1 best="" run ms output
   for run in 1 2 3; do
-    ms=$(psql -d bench -At 2>/dev/null <<SQL | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1
+    output=$(psql -d bench -At 2>&1 <<SQL
 BEGIN;
 \timing on
 $sql;
 \timing off
 ROLLBACK;
 SQL
-    ) || true
-    [[ -n $ms ]] || { echo "n/a"; return; }
+    ) || { echo "n/a"; return; }  # e.g. a function an older schema lacks
+    ms=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$output" | tail -1)
     if [[ -z $best ]] || awk -v a="$ms" -v b="$best" 'BEGIN{exit !(a<b)}'; then
       best=$ms
     fi
