@@ -331,8 +331,12 @@ Status PgStore::Migrate() {
       current = "applying migration " + std::string(migration.name);
       pqxx::work tx(pq);
       tx.exec(std::string(migration.sql));
-      tx.exec_params("INSERT INTO schema_migrations (name) VALUES ($1)",
-                     std::string(migration.name));
+      // Each file records itself too (so it applies with plain psql);
+      // this covers one that does not.
+      tx.exec_params(
+          "INSERT INTO schema_migrations (name) VALUES ($1) "
+          "ON CONFLICT (name) DO NOTHING",
+          std::string(migration.name));
       tx.commit();
       LogInfo("applied migration {} to {}", migration.name, redacted_url_);
     }
@@ -403,7 +407,18 @@ Status PgStore::LoadNode(NodeState* out) {
     *out = std::move(state);
     return Status::Ok();
   } catch (const std::exception& e) {
-    return Failed("loading node '" + node_ + "'", e);
+    Status status = Failed("loading node '" + node_ + "'", e);
+    // schema/0008_hardening.sql: a collector's login writes only the nodes
+    // the schema's owner granted it.
+    if (std::string_view(e.what()).find("row-level security") !=
+        std::string_view::npos) {
+      return Status::Error(status.message() +
+                           "; this login may not write node '" + node_ +
+                           "': have the schema's owner run SELECT "
+                           "grant_node('" +
+                           node_ + "', '<this login role>')");
+    }
+    return status;
   }
 }
 
