@@ -13,74 +13,88 @@
 SELECT set_config('search_path', format('%I, pg_temp', current_schema()),
                   true);
 
--- The credential sing-box finds a user of an inbound of `inbound_type` by,
--- or NULL when it finds them by name (unique already):
+-- The column of the credential sing-box finds a user of an inbound of
+-- `inbound_type` by, or NULL when it finds them by name (socks, http, mixed,
+-- naive: sing common/auth/auth.go; names are unique already):
 --   vless, vmess, tuic: uuid (protocol/vless, protocol/vmess, protocol/tuic);
 --   trojan, shadowsocks, hysteria, hysteria2, anytls: password.
-CREATE FUNCTION boxmeter_user_credential(inbound_type text, user_uuid uuid,
-                                         user_password text)
-RETURNS text LANGUAGE sql IMMUTABLE AS $credential$
-  SELECT CASE
-           WHEN inbound_type IN ('vless', 'vmess', 'tuic')
-             THEN user_uuid::text
-           WHEN inbound_type IN ('trojan', 'shadowsocks', 'hysteria',
-                                 'hysteria2', 'anytls')
-             THEN user_password
-         END
-$credential$;
-
 CREATE FUNCTION boxmeter_credential_column(inbound_type text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $column$
-  SELECT CASE WHEN inbound_type IN ('vless', 'vmess', 'tuic') THEN 'uuid'
-              ELSE 'password' END
+  SELECT CASE
+           WHEN inbound_type IN ('vless', 'vmess', 'tuic') THEN 'uuid'
+           WHEN inbound_type IN ('trojan', 'shadowsocks', 'hysteria',
+                                 'hysteria2', 'anytls') THEN 'password'
+         END
 $column$;
 
--- Raises unique_violation when two users linked to inbound `p_inbound_id`
--- (one of them `p_user_id`, when given) share the credential. The inbound's
--- row is locked first, so two transactions linking colliding users at once
--- are checked one after the other. Called by the triggers below, which run
--- as the schema's owner (SECURITY DEFINER): whoever may link users may be
--- unable to lock inbounds, and nobody else needs to call it.
+-- Each check looks up the users with one credential: without these, linking
+-- n users at once would compare every pair. Hash indexes, since passwords
+-- may be longer than a btree entry allows and only equality is asked.
+CREATE INDEX users_uuid ON users USING hash (uuid);
+CREATE INDEX users_password ON users USING hash (password);
+
+-- Raises unique_violation when a user linked to inbound `p_inbound_id`
+-- (`p_user_id`, or any when NULL) shares the credential with another user
+-- linked to it. The inbound's row is locked first, so two transactions
+-- linking colliding users at once are checked one after the other. Called
+-- by the triggers below, which run as the schema's owner (SECURITY
+-- DEFINER): whoever may link users may be unable to lock inbounds, and
+-- nobody else needs to call it.
 CREATE FUNCTION boxmeter_check_inbound_credentials(p_inbound_id bigint,
                                                    p_user_id bigint)
 RETURNS void LANGUAGE plpgsql SET search_path FROM CURRENT AS $check$
 DECLARE
   inbound record;
-  clash record;
+  credential text;
+  me record;
+  other text;
 BEGIN
   SELECT i.id, i.node, i.tag, i.type INTO inbound
     FROM inbounds i WHERE i.id = p_inbound_id FOR NO KEY UPDATE;
   IF NOT FOUND THEN
     RETURN;
   END IF;
-  SELECT a.name AS first, b.name AS second INTO clash
-    FROM inbound_users la
-    JOIN users a ON a.id = la.user_id
-    JOIN inbound_users lb ON lb.inbound_id = la.inbound_id
-                         AND lb.user_id <> la.user_id
-    JOIN users b ON b.id = lb.user_id
-   WHERE la.inbound_id = p_inbound_id
-     AND (p_user_id IS NULL OR b.id = p_user_id)
-     AND boxmeter_user_credential(inbound.type, a.uuid, a.password)
-         = boxmeter_user_credential(inbound.type, b.uuid, b.password)
-   ORDER BY a.name, b.name
-   LIMIT 1;
-  IF FOUND THEN
-    RAISE EXCEPTION
-      'users % and % of inbound % (node %, type %) have the same %',
-      quote_literal(clash.first), quote_literal(clash.second),
-      quote_literal(inbound.tag), quote_literal(inbound.node), inbound.type,
-      boxmeter_credential_column(inbound.type)
-      USING ERRCODE = 'unique_violation',
-            HINT = format('sing-box finds %s users by %s, so one would be '
-                          'counted under the other''s name (or, for trojan, '
-                          'sing-box would not start); give %s its own %s, '
-                          'or do not link both to this inbound',
-                          inbound.type,
-                          boxmeter_credential_column(inbound.type),
-                          quote_literal(clash.second),
-                          boxmeter_credential_column(inbound.type));
+  credential := boxmeter_credential_column(inbound.type);
+  IF credential IS NULL THEN
+    RETURN;
   END IF;
+  FOR me IN SELECT u.id, u.name, u.uuid, u.password
+              FROM users u JOIN inbound_users l ON l.user_id = u.id
+             WHERE l.inbound_id = p_inbound_id
+               AND (p_user_id IS NULL OR u.id = p_user_id)
+             ORDER BY u.name LOOP
+    IF credential = 'uuid' THEN
+      SELECT o.name INTO other
+        FROM users o JOIN inbound_users l ON l.user_id = o.id
+       WHERE o.uuid = me.uuid AND o.id <> me.id
+         AND l.inbound_id = p_inbound_id
+       ORDER BY o.name LIMIT 1;
+    ELSE
+      SELECT o.name INTO other
+        FROM users o JOIN inbound_users l ON l.user_id = o.id
+       WHERE o.password = me.password AND o.id <> me.id
+         AND l.inbound_id = p_inbound_id
+       ORDER BY o.name LIMIT 1;
+    END IF;
+    IF other IS NOT NULL THEN
+      -- The user already there first; both by name when none is new.
+      RAISE EXCEPTION
+        'users % and % of inbound % (node %, type %) have the same %',
+        quote_literal(CASE WHEN p_user_id IS NULL
+                           THEN least(other, me.name) ELSE other END),
+        quote_literal(CASE WHEN p_user_id IS NULL
+                           THEN greatest(other, me.name) ELSE me.name END),
+        quote_literal(inbound.tag), quote_literal(inbound.node), inbound.type,
+        credential
+        USING ERRCODE = 'unique_violation',
+              HINT = format('sing-box finds %s users by %s, so one would be '
+                            'counted under the other''s name (or, for '
+                            'trojan, sing-box would not start); give %s its '
+                            'own %s, or do not link both to this inbound',
+                            inbound.type, credential,
+                            quote_literal(me.name), credential);
+    END IF;
+  END LOOP;
 END
 $check$;
 
