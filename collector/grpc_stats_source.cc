@@ -248,9 +248,11 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
             address, message));
       case grpc::StatusCode::UNIMPLEMENTED:
         return Status::Unimplemented(fmt::format(
-            "the server at {} does not offer StatsService.{} ({}); build "
-            "sing-box with the build tag with_v2ray_api and set "
-            "experimental.v2ray_api.stats.enabled: true in its config",
+            "the server at {} does not offer StatsService.{} ({}); set "
+            "experimental.v2ray_api.stats.enabled: true in sing-box's config "
+            "and check that this is its experimental.v2ray_api.listen (a "
+            "sing-box built without the tag with_v2ray_api refuses to start "
+            "with that block at all)",
             address, method, message));
       case grpc::StatusCode::DEADLINE_EXCEEDED:
         return Status::Deadline(fmt::format(

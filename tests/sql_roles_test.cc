@@ -300,6 +300,7 @@ TEST_F(SqlRolesTest, ReadonlySeesTheViewsAndNothingElse) {
 
 TEST_F(SqlRolesTest, APendingMigrationTellsTheCollectorRoleToAskTheOwner) {
   // As if a newer boxmeter brought 0004 with it.
+  std::string applied = Query("SELECT count(*) - 1 FROM schema_migrations");
   Query("DELETE FROM schema_migrations WHERE name = '0004_roles.sql'");
   Status status = PgStore(Url(meter_), "edge-1").Migrate();
   ASSERT_FALSE(status.ok());
@@ -312,6 +313,8 @@ TEST_F(SqlRolesTest, APendingMigrationTellsTheCollectorRoleToAskTheOwner) {
   EXPECT_EQ(Query("SELECT count(*) FROM schema_migrations WHERE name = "
                   "'0004_roles.sql'"),
             "0");
+  EXPECT_EQ(Query("SELECT count(*) FROM schema_migrations"), applied)
+      << "nothing else was applied or removed";
 }
 
 // On a server of its own: it drops the group roles.
