@@ -41,7 +41,9 @@ bool LoadConfigOrReport(const ProgramInfo& program, const CommandLine& cli,
   Environment env = ProcessEnvironment();
   std::string path = ConfigPath(cli.Value("config"), env);
   std::vector<std::string> errors;
-  if (LoadConfig(path, env, config, &errors)) return true;
+  if (LoadConfig(path, env, config, &errors, program.config_user)) {
+    return true;
+  }
   for (const std::string& error : errors) {
     std::fprintf(stderr, "%s: %s\n", program.name.c_str(), error.c_str());
   }

@@ -15,7 +15,8 @@ namespace boxmeter {
 struct ProgramInfo {
   std::string name;  // "boxmeter-collector", for messages and --version
   std::vector<FlagSpec> flags;
-  std::string usage;  // the whole --help text
+  std::string usage;                                // the whole --help text
+  ConfigUser config_user = ConfigUser::kCollector;  // whose secrets to read
 };
 
 // The flags of a boxmeter binary: --config FILE, then `own`, then --version
