@@ -49,7 +49,15 @@ std::string Usage() {
          "\n"
          "Environment:\n"
          "  BOXMETER_CONFIG        the config file, unless --config is given\n"
-         "  BOXMETER_DATABASE_URL  overrides database.url\n"
+         "  BOXMETER_GENERATOR_DATABASE_URL, "
+         "BOXMETER_GENERATOR_DATABASE_URL_FILE\n"
+         "                         override generator.database_url(_file), "
+         "the\n"
+         "                         login used here when set\n"
+         "  BOXMETER_DATABASE_URL, BOXMETER_DATABASE_URL_FILE\n"
+         "                         override database.url(_file), used "
+         "otherwise\n"
+         "  CREDENTIALS_DIRECTORY  where a relative *_file path is looked up\n"
          "  PG* and ~/.pgpass      as libpq reads them\n"
          "\n"
          "Exit status:\n"
@@ -75,7 +83,8 @@ void Error(const std::string& message) {
 }
 
 int Main(int argc, char** argv) {
-  const ProgramInfo program{"boxmeter-gen", kFlags, Usage()};
+  const ProgramInfo program{"boxmeter-gen", kFlags, Usage(),
+                            ConfigUser::kGenerator};
   CommandLine cli;
   if (std::optional<int> done = StartProgram(program, argc, argv, &cli)) {
     return *done;
@@ -102,8 +111,8 @@ int Main(int argc, char** argv) {
   }
 
   Inventory inventory;
-  if (Status status =
-          PgInventory(config.database.url).Read(config.node, &inventory);
+  if (Status status = PgInventory(GeneratorDatabaseUrl(config))
+                          .Read(config.node, &inventory);
       !status.ok()) {
     Error(status.message() + "; nothing written");
     return EX_UNAVAILABLE;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "config.h"  // IsLoopbackAddress
+#include "safe_text.h"
 #include "stats.grpc.pb.h"
 
 namespace boxmeter {
@@ -239,7 +240,9 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
 
   Status Failure(const grpc::Status& status, std::string_view method) const {
     const std::string& address = shared_->address;
-    const std::string& message = status.error_message();
+    // The peer's words: escaped and cut like any foreign text.
+    const std::string message =
+        SafeText(status.error_message(), kMaxShownMessage);
     switch (status.error_code()) {
       case grpc::StatusCode::UNAVAILABLE:
         return Status::Unavailable(fmt::format(
@@ -260,7 +263,8 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
             "source.timeout if sing-box is busy or has many counters",
             address, method, timeout_.count()));
       case grpc::StatusCode::RESOURCE_EXHAUSTED:
-        if (message.find("larger than max") != std::string::npos) {
+        if (status.error_message().find("larger than max") !=
+            std::string::npos) {
           return Status::Error(fmt::format(
               "the {} reply from {} is larger than source.max_message_size "
               "({} bytes): {}; raise source.max_message_size",

@@ -13,6 +13,8 @@
 #include "log.h"
 #include "migrations.h"
 #include "pg_connection_defaults.h"
+#include "pg_error_text.h"
+#include "safe_text.h"
 #include "utf8.h"
 
 namespace boxmeter {
@@ -135,20 +137,6 @@ UPDATE nodes SET instance_boot_id = NULLIF($2, ''),
 // schema/0002_generator.sql: what boxmeter-gen would read for node $1.
 constexpr const char* kUsersFingerprint = "SELECT users_fingerprint($1)";
 
-// libpq messages span lines (DETAIL, HINT); logs want one line per event.
-std::string OneLine(std::string_view text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '\n' || c == '\r') {
-      if (!out.empty() && out.back() != ' ') out += ' ';
-    } else {
-      out += c == '\t' ? ' ' : c;
-    }
-  }
-  while (!out.empty() && out.back() == ' ') out.pop_back();
-  return out;
-}
-
 // Whether PostgreSQL can store `text` in a UTF-8 database: well-formed
 // UTF-8 without NUL.
 bool StorableText(std::string_view text) {
@@ -207,11 +195,11 @@ void LeaveOutUnindexable(pqxx::work& tx, const std::string& node,
       if (e.sqlstate() != "54000") throw;  // program_limit_exceeded
       tx.exec("ROLLBACK TO SAVEPOINT boxmeter_name_probe");
       LogWarn(
-          "left out {} counter whose name is {} bytes long (it starts {:?}): "
+          "left out {} counter whose name is {} bytes long (it starts {}): "
           "PostgreSQL cannot index a name that long; its traffic is not "
           "recorded",
           CounterKindName(row->key.kind), row->key.name.size(),
-          row->key.name.substr(0, 40));
+          QuotedText(row->key.name, 40));
       return true;
     }
   });
@@ -238,7 +226,7 @@ class NoticeLogger : public pqxx::errorhandler {
       : pqxx::errorhandler(connection) {}
   bool operator()(const char message[]) noexcept override {
     try {
-      LogDebug("postgresql: {}", OneLine(message));
+      LogDebug("postgresql: {}", PgErrorText(message, ""));
     } catch (...) {
     }
     return false;  // handled: do not pass on to the default printer
@@ -273,11 +261,11 @@ Status PgStore::Failed(const std::string& what, const std::exception& e) {
   std::string where = what + " on PostgreSQL " + redacted_url_ + ": ";
   if (broken) {
     return Status::Unavailable(
-        where + "connection lost or refused (" + OneLine(e.what()) +
+        where + "connection lost or refused (" + PgErrorText(e.what(), url_) +
         "); is the server up and database.url right? The next call "
         "reconnects");
   }
-  std::string message = where + OneLine(e.what());
+  std::string message = where + PgErrorText(e.what(), url_);
   if (auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
     if (!sql->sqlstate().empty())
       message += " [SQLSTATE " + sql->sqlstate() + "]";

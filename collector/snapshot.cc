@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "safe_text.h"
+
 namespace boxmeter {
 
 Status MakeSnapshot(const StatsReply& reply, Snapshot* out) {
@@ -29,7 +31,11 @@ Status MakeSnapshot(const StatsReply& reply, Snapshot* out) {
   for (const RawStat& stat : reply.stats) {
     std::optional<CounterName> name = ParseCounterName(stat.name);
     if (!name) {
-      if (snapshot.malformed++ == 0) snapshot.first_malformed = stat.name;
+      // The peer's text: escaped and cut here, so the log line cannot
+      // rewrite a terminal and a huge name is not copied.
+      if (snapshot.malformed++ == 0) {
+        snapshot.first_malformed = SafeText(stat.name, kMaxShownName);
+      }
       continue;
     }
     if (stat.value < 0) {

@@ -34,10 +34,12 @@ struct Snapshot {
   std::unordered_map<CounterKey, CounterValues, CounterKeyHash> counters;
 
   // What was skipped, so the caller can say so.
-  size_t duplicates = 0;        // the same name more than once
-  size_t malformed = 0;         // not a traffic counter of a known kind
-  size_t negative = 0;          // a value below zero
-  std::string first_malformed;  // an example, for the log
+  size_t duplicates = 0;  // the same name more than once
+  size_t malformed = 0;   // not a traffic counter of a known kind
+  size_t negative = 0;    // a value below zero
+  // The first malformed name, for the log: escaped and cut by SafeText
+  // (the peer may send anything, 2 MB of it or a terminal escape).
+  std::string first_malformed;
 };
 
 // Fails (kUnavailable) when the uptimes before and after the query belong to

@@ -72,8 +72,11 @@ class FakeStatsServer {
   // Every call (or only calls of `only`) waits `delay` before answering.
   void SetDelay(std::chrono::milliseconds delay,
                 std::optional<Method> only = std::nullopt);
-  // Every call fails with `code`; grpc::StatusCode::OK turns this off.
-  void SetFailure(grpc::StatusCode code);
+  // Every call fails with `code` and `message`; grpc::StatusCode::OK turns
+  // this off.
+  void SetFailure(
+      grpc::StatusCode code,
+      std::string message = "failure injected by the fake stats server");
   // Every stat of a QueryStats reply is sent twice, one right after the
   // other.
   void SetDuplicateEverything(bool on);

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <utility>
 
 #include "fake_stats_server.h"
+#include "safe_text.h"
 #include "snapshot.h"
 #include "support/process.h"
 
@@ -393,6 +395,60 @@ TEST(GrpcStatsSourceTest, MayBeDestroyedFromInsideDone) {
   ASSERT_EQ(done.wait_for(10s), std::future_status::ready);
   EXPECT_TRUE(done.get().ok());
   EXPECT_EQ(source, nullptr);
+}
+
+}  // namespace
+}  // namespace boxmeter
+
+namespace boxmeter {
+namespace {
+
+// True when no byte of `text` is a control character.
+bool Inert(const std::string& text) {
+  return std::none_of(text.begin(), text.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f;
+  });
+}
+
+TEST(GrpcStatsSourceTest, APeersErrorMessageIsEscapedAndCut) {
+  FakeStatsServer server;
+  // gRPC carries any bytes in grpc-message (percent-encoded); a few KB fit
+  // its default metadata limit.
+  std::string hostile =
+      "boom\r2026-01-01 info all is well\x1b[2J\x1b]0;pwned\x07\a" +
+      std::string(4000, 'z');
+  server.SetFailure(grpc::StatusCode::PERMISSION_DENIED, hostile);
+  GrpcStatsSource source(server.address(), kLargeLimit);
+
+  FetchResult result = FetchNow(source);
+  const std::string& message = result.status.message();
+  EXPECT_TRUE(Inert(message)) << message;
+  EXPECT_THAT(message, HasSubstr("boom\\r2026-01-01 info all is well"
+                                 "\\x1b[2J\\x1b]0;pwned\\x07\\x07"));
+  EXPECT_THAT(message, HasSubstr("bytes)"));
+  EXPECT_LT(message.size(), kMaxShownMessage + 300);
+}
+
+TEST(GrpcStatsSourceTest, AHostileCounterNameReachesTheLogInert) {
+  FakeStatsServer server;
+  // The query asks for names with ">>>traffic>>>"; the kind is unknown.
+  std::string name = "evil\r\x1b[1A\x1b[2K\a" + std::string(2'000'000, 'n') +
+                     ">>>traffic>>>uplink";
+  server.Set(name, 1);
+  GrpcStatsSource source(server.address(), kLargeLimit);
+
+  FetchResult result = FetchNow(source);
+  ASSERT_TRUE(result.status.ok()) << result.status.message();
+  Snapshot snapshot;
+  ASSERT_TRUE(MakeSnapshot(result.reply, &snapshot).ok());
+  EXPECT_EQ(snapshot.malformed, 1u);
+  // What the collector logs ("e.g. \"{first_malformed}\"").
+  EXPECT_TRUE(
+      snapshot.first_malformed.starts_with("evil\\r\\x1b[1A\\x1b[2K\\x07nnn"))
+      << snapshot.first_malformed.substr(0, 100);
+  EXPECT_TRUE(Inert(snapshot.first_malformed));
+  EXPECT_LT(snapshot.first_malformed.size(), kMaxShownName + 40);
 }
 
 }  // namespace
