@@ -139,6 +139,23 @@ CounterMap CollectorE2eTest::InDatabase() {
          << (collector_ ? collector_->LogTail() : "");
 }
 
+::testing::AssertionResult CollectorE2eTest::AwaitFirstCommit() {
+  if (WaitUntil(
+          [&] {
+            CounterMap counters;
+            return TryTrafficInDatabase(*pg_, kDatabase, kNode, &counters)
+                       .empty() &&
+                   !counters.empty();
+          },
+          kMatchTimeout, 100ms)) {
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure()
+         << "nothing committed within " << kMatchTimeout.count()
+         << " s; collector log tail:\n"
+         << collector_->LogTail();
+}
+
 ::testing::AssertionResult CollectorE2eTest::AwaitPolls(size_t count) {
   if (collector_->AwaitPolls(count, 10s)) {
     return ::testing::AssertionSuccess();

@@ -66,6 +66,9 @@ class CollectorE2eTest : public ::testing::Test {
   ::testing::AssertionResult DatabaseEqualsV2RayNow();
   // The database may lag behind v2ray-core but never counts more.
   ::testing::AssertionResult DatabaseNeverAhead();
+  // Awaits (bounded) the first commit of `collector_`: the poll at start
+  // commits api-in's counters (never 0: v2ray's readiness check crossed it).
+  ::testing::AssertionResult AwaitFirstCommit();
   // Awaits `count` polls of `collector_` that start after the call.
   ::testing::AssertionResult AwaitPolls(size_t count);
   // SIGTERM to `collector`, then its exit within `timeout` with code 0.

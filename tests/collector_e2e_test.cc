@@ -101,17 +101,7 @@ TEST_F(CollectorE2eTest, SigtermCommitsAFinalPollAndExitsZero) {
   // the traffic below reaches the database only through the final poll.
   collector_ = NewCollector("1h");
   collector_->Start();
-  // The poll at start commits api-in's counters (never 0: the test's own
-  // readiness check crossed it): the database is ready.
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        CounterMap counters;
-        return TryTrafficInDatabase(*pg_, kDatabase, kNode, &counters)
-                   .empty() &&
-               !counters.empty();
-      },
-      kMatchTimeout, 100ms))
-      << collector_->LogTail();
+  ASSERT_TRUE(AwaitFirstCommit());
 
   PushFromEveryone(1);
   auto start = std::chrono::steady_clock::now();

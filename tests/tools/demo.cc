@@ -55,9 +55,10 @@ bool UsersMatch(V2RayServer& v2ray, PgServer& pg, const std::string& db,
 }
 
 // The demo's claim, checked after the collector has stopped (its final
-// poll and commit are the last writes): every user and socks inbound counter
-// in the database equals v2ray-core's over both of its lives. Prints any
-// difference; 0 only when there is none and the collector exited 0.
+// poll and commit are the last writes): every user, inbound and outbound
+// counter in the database (but the API's own) equals v2ray-core's over
+// both of its lives. Prints any difference; 0 only when there is none and
+// the collector exited 0.
 int Verdict(std::optional<int> exit_code, const CounterMap& counted,
             const CounterMap& in_database) {
   std::string difference = DescribeDifference(
@@ -77,9 +78,9 @@ int Verdict(std::optional<int> exit_code, const CounterMap& counted,
                  difference.c_str());
   }
   if (!exited_zero || !difference.empty()) return 1;
-  Say("byte for byte the same (users and inbounds, compared after the "
-      "collector stopped). Everything started here is now stopped and "
-      "removed.");
+  Say("byte for byte the same (users, inbounds and outbounds, compared "
+      "after the collector stopped). Everything started here is now stopped "
+      "and removed.");
   return 0;
 }
 
