@@ -7,7 +7,7 @@
 // - each inbound row appended to "inbounds" (after the template's own), with
 //   its type, tag, listen, listen_port and users, and the row's options
 //   (tls, transport, method, ...) merged in;
-// - each user in the exact shape its inbound's type takes (DESIGN.md's
+// - each user in the exact shape its inbound's type takes (docs/design.md's
 //   table): vless {name, uuid, flow?}, vmess {name, uuid, alterId?}, tuic
 //   {name, uuid, password}, hysteria {name, auth_str}, socks/http/mixed/naive
 //   {username, password}, trojan/shadowsocks/hysteria2/anytls {name,

@@ -25,7 +25,7 @@ CREATE TABLE nodes (
 --
 -- fillfactor 50 leaves room in every page so the commit's updates are HOT:
 -- no index churn and no bloat, about twice as fast as the default on large
--- nodes (see DESIGN.md). No index may cover the columns a commit updates,
+-- nodes (see docs/design.md). No index may cover the columns a commit updates,
 -- or updates stop being HOT.
 CREATE TABLE counters (
   id bigserial PRIMARY KEY,
@@ -70,7 +70,7 @@ CREATE TABLE counter_hourly (
 CREATE INDEX counter_hourly_hour ON counter_hourly (hour);
 
 -- The users the generator puts into sing-box's inbounds. Which credential
--- fields matter depends on the inbound type (see DESIGN.md's table).
+-- fields matter depends on the inbound type (see docs/design.md's table).
 -- The stats user name is `name`.
 CREATE TABLE users (
   id bigserial PRIMARY KEY,

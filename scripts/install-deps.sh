@@ -28,6 +28,7 @@ test_packages=(
   procps                 # ps/pgrep, used by the scripts
   clang libclang-rt-14-dev  # libFuzzer and its sanitizers (scripts/fuzz.sh)
   systemd                # systemd-analyze verify/security on deploy/systemd
+  faketime               # libfaketime: wall-clock steps between collector runs
 )
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libpqxx-6.4 libyaml-cpp0.7 libfmt9 libsystemd0

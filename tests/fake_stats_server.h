@@ -1,6 +1,6 @@
 // FakeStatsServer: an in-process gRPC server for
 // v2ray.core.app.stats.command.StatsService that behaves like sing-box's
-// experimental.v2ray_api (DESIGN.md), for fault tests and benchmarks:
+// experimental.v2ray_api (docs/design.md), for fault tests and benchmarks:
 //
 //   - QueryStats matches `patterns` (field 3) by substring, or by regexp when
 //     `regexp` is set, and ignores `pattern` (field 1), which only v2ray-core
