@@ -3,6 +3,7 @@
 // refused what it should not do. Also: who can run the migrations.
 #include <gtest/gtest.h>
 
+#include "migrations.h"
 #include "pg_inventory.h"
 #include "sql_fixture.h"
 
@@ -185,7 +186,9 @@ TEST_F(SqlRolesTest, APendingMigrationTellsTheCollectorRoleToAskTheOwner) {
   EXPECT_NE(status.message().find("--migrate` connected as the schema's owner"),
             std::string::npos)
       << status.message();
-  EXPECT_EQ(Query("SELECT count(*) FROM schema_migrations"), "3");
+  // Every migration but 0004 is applied; nothing more was.
+  EXPECT_EQ(Query("SELECT count(*) FROM schema_migrations"),
+            std::to_string(EmbeddedMigrations().size() - 1));
 }
 
 // On a server of its own: it drops the group roles.
