@@ -16,14 +16,16 @@
 // values came from the current generation adds `value - last` to pending;
 // any other counter (one of an older instance, or new) adds `value`. Where
 // the evidence cannot tell, the engine takes the same instance: see
-// instance_identity.h for why that errs by a bounded amount.
+// instance_identity.h for why that errs by a bounded amount. A counter reset
+// by another client of the stats API (the collector never resets) looks like
+// a restart, so every counter of the instance is counted whole again.
 //
 // A commit adds pending to the database totals, sets the database's baseline
 // to the last observed values and their generation, and stores the current
-// identity, in one transaction guarded by the
-// node's commit sequence number: the commit applies only when the database's
-// sequence is the one this engine last saw, so a replayed or duplicated commit
-// can never count twice. When a commit fails, pending stays and keeps growing,
+// identity, in one transaction guarded by the node's commit sequence number:
+// the commit applies only when the database's sequence is the one this
+// engine last saw, so a replayed or duplicated commit can never count
+// twice. When a commit fails, pending stays and keeps growing,
 // across further polls and across sing-box restarts. When its outcome is
 // unknown, the database's sequence number tells whether it applied.
 //

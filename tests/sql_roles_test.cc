@@ -3,6 +3,7 @@
 // refused what it should not do. Also: who can run the migrations.
 #include <gtest/gtest.h>
 
+#include "migrations.h"
 #include "pg_inventory.h"
 #include "sql_fixture.h"
 
