@@ -140,10 +140,10 @@ TEST_F(ConfigSecretFileTest, UnreadableFilesAreNamedWithWhatToDo) {
               ElementsAre(HasSubstr("is not a regular file")));
   EXPECT_THAT(Errors("database: {url_file: " + Secret("empty", "\n") + "}\n"),
               ElementsAre(HasSubstr("is empty")));
-  EXPECT_THAT(Errors("database: {url_file: " +
-                     Secret("big", "host=x " + std::string(70000, 'a')) +
-                     "}\n"),
-              ElementsAre(HasSubstr("is larger than 64 KiB")));
+  EXPECT_THAT(
+      Errors("database: {url_file: " +
+             Secret("big", "host=x " + std::string(70000, 'a')) + "}\n"),
+      ElementsAre(HasSubstr("is larger than 64 KiB")));
 }
 
 TEST_F(ConfigSecretFileTest, ABarePasswordInTheFileIsNeverShown) {
@@ -178,17 +178,15 @@ TEST_F(ConfigSecretFileTest, EachBinaryReadsOnlyItsOwnFile) {
       "database: {url_file: collector-url}\n"
       "generator: {database_url_file: generator-url}\n";
   Secret("collector-url", "host=db user=collector");
-  Config collector =
-      Load(yaml, {{"CREDENTIALS_DIRECTORY", dir_.path()}},
-           ConfigUser::kCollector);
+  Config collector = Load(yaml, {{"CREDENTIALS_DIRECTORY", dir_.path()}},
+                          ConfigUser::kCollector);
   EXPECT_EQ(collector.database.url, "host=db user=collector");
   EXPECT_TRUE(collector.generator.database_url.empty());
 
   ASSERT_EQ(unlink((dir_.path() + "/collector-url").c_str()), 0);
   Secret("generator-url", "host=db user=generator");
-  Config generator =
-      Load(yaml, {{"CREDENTIALS_DIRECTORY", dir_.path()}},
-           ConfigUser::kGenerator);
+  Config generator = Load(yaml, {{"CREDENTIALS_DIRECTORY", dir_.path()}},
+                          ConfigUser::kGenerator);
   EXPECT_TRUE(generator.database.url.empty());
   EXPECT_EQ(generator.generator.database_url, "host=db user=generator");
   EXPECT_EQ(GeneratorDatabaseUrl(generator), "host=db user=generator");
@@ -215,12 +213,11 @@ TEST_F(ConfigSecretFileTest, GeneratorEnvironmentOverridesItsKeys) {
   std::string yaml =
       "database: {url: host=db user=collector}\n"
       "generator: {database_url: host=db user=gen}\n";
-  Config config =
-      Load(yaml,
-           {{"BOXMETER_GENERATOR_DATABASE_URL_FILE",
-             Secret("gen", "host=db user=gen-file\n")},
-            {"BOXMETER_DATABASE_URL", "host=db user=inherited"}},
-           ConfigUser::kGenerator);
+  Config config = Load(yaml,
+                       {{"BOXMETER_GENERATOR_DATABASE_URL_FILE",
+                         Secret("gen", "host=db user=gen-file\n")},
+                        {"BOXMETER_DATABASE_URL", "host=db user=inherited"}},
+                       ConfigUser::kGenerator);
   // The collector's variable (inherited through a hook) does not win over
   // the generator's own login.
   EXPECT_EQ(GeneratorDatabaseUrl(config), "host=db user=gen-file");
