@@ -19,7 +19,6 @@
 #include "notifier.h"
 #include "pg_store.h"
 #include "program.h"
-#include "stable_clock.h"
 
 namespace boxmeter {
 namespace {
@@ -167,9 +166,7 @@ int Main(int argc, char** argv) {
     return Migrate(store);
   }
 
-  StableClock clock;
-  GrpcStatsSource source(config.source.address, config.source.max_message_size,
-                         [&clock] { return clock.NowMs(); });
+  GrpcStatsSource source(config.source.address, config.source.max_message_size);
   const char* health_file = std::getenv("BOXMETER_HEALTH_FILE");
   SystemdNotifier notifier(health_file ? health_file : "");
   boost::asio::io_context io;

@@ -1101,6 +1101,10 @@ std::string AddressHost(std::string_view address) {
 
 }  // namespace
 
+bool IsLoopbackAddress(std::string_view address) {
+  return IsLoopbackHost(AddressHost(address));
+}
+
 std::vector<std::string> ConfigWarnings(const Config& config,
                                         const Environment& env) {
   std::vector<std::string> warnings;
@@ -1119,7 +1123,7 @@ std::vector<std::string> ConfigWarnings(const Config& config,
     }
   }
   if (!config.source.address.empty() &&
-      !IsLoopbackHost(AddressHost(config.source.address))) {
+      !IsLoopbackAddress(config.source.address)) {
     warnings.push_back(fmt::format(
         "{}: source.address {} is not a loopback address; sing-box's stats "
         "API has no TLS and no authentication, so whoever can reach it can "

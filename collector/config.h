@@ -83,6 +83,12 @@ std::string ConfigPath(const std::optional<std::string>& flag,
 bool LoadConfig(const std::string& path, const Environment& env, Config* out,
                 std::vector<std::string>* errors);
 
+// True when a source.address ("host:port" or "[v6]:port") names this
+// machine's loopback: 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z), or a name
+// that resolves only to those (localhost, *.localhost, ip6-localhost,
+// ip6-loopback).
+bool IsLoopbackAddress(std::string_view address);
+
 // `url` with any password replaced by "***", for logs and errors.
 std::string RedactUrl(std::string_view url);
 

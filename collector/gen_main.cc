@@ -41,7 +41,8 @@ std::string Usage() {
          "those inbounds and users (plus generator.stats_outbounds). The\n"
          "file (generator.output) is replaced atomically, with mode 0600.\n"
          "The same database gives the same bytes. On any error, nothing is\n"
-         "written.\n"
+         "written. An inbound none of whose users is eligible is left out\n"
+         "(one line on stderr says so), never written without users.\n"
          "\n"
          "Options:\n" +
          FormatFlags(kFlags) +
@@ -56,8 +57,10 @@ std::string Usage() {
          "  1   --check: the file would change (or does not exist)\n"
          "  64  bad command line\n"
          "  65  bad data: an inbound or user row (e.g. a vless user without\n"
-         "      uuid, an unknown inbound type, a tag also in the template),\n"
-         "      or a template that is not a JSON object; each is named\n"
+         "      uuid, an unknown inbound type, a tag also in the template,\n"
+         "      TLS without a certificate, two users of one inbound with the\n"
+         "      same credential), or a template that is not a JSON object;\n"
+         "      all of them are reported at once, each named\n"
          "  66  the template (or, with --check, the output) cannot be read\n"
          "  69  the database cannot be reached or read\n"
          "  73  the output cannot be written\n"
@@ -125,6 +128,9 @@ int Main(int argc, char** argv) {
           "' or in the template; fix them and run again; nothing written");
     return EX_DATAERR;
   }
+  // Not an error: the inbound is safe out of the config and comes back by
+  // itself, but whoever reads the hook's output should see why it went.
+  for (const std::string& line : generated.left_out) Error(line);
 
   if (cli.Has("stdout")) {
     std::fwrite(generated.text.data(), 1, generated.text.size(), stdout);

@@ -59,7 +59,7 @@ CREATE TEMP TABLE boxmeter_commit_rows (
   downlink bigint NOT NULL,
   base_uplink bigint NOT NULL,
   base_downlink bigint NOT NULL,
-  instance_start_ms bigint NOT NULL
+  generation bigint NOT NULL
 ) ON COMMIT DROP
 )sql";
 
@@ -89,18 +89,16 @@ WITH updated AS (
                     THEN 9223372036854775807 ELSE c.downlink + r.downlink END,
     base_uplink = r.base_uplink,
     base_downlink = r.base_downlink,
-    instance_start = timestamptz 'epoch' +
-                     r.instance_start_ms * interval '1 millisecond',
+    generation = r.generation,
     last_seen = now()
     FROM boxmeter_commit_rows r
    WHERE c.node = $1 AND c.kind = r.kind AND c.name = r.name
   RETURNING r.i, c.id, r.uplink, r.downlink
 ), inserted AS (
   INSERT INTO counters (node, kind, name, uplink, downlink,
-                        base_uplink, base_downlink, instance_start)
+                        base_uplink, base_downlink, generation)
   SELECT $1, r.kind, r.name, r.uplink, r.downlink, r.base_uplink,
-         r.base_downlink,
-         timestamptz 'epoch' + r.instance_start_ms * interval '1 millisecond'
+         r.base_downlink, r.generation
     FROM boxmeter_commit_rows r
    WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.i = r.i)
   RETURNING id, uplink, downlink
@@ -122,6 +120,16 @@ ON CONFLICT (counter_id, hour) DO UPDATE SET
                                     GREATEST(excluded.downlink, 0)
                   THEN 9223372036854775807
                   ELSE h.downlink + excluded.downlink END
+)sql";
+
+// The node's current instance (schema/0005_instance_identity.sql), stored
+// with the baselines it qualifies. The guard has locked the row already.
+constexpr const char* kStoreInstance = R"sql(
+UPDATE nodes SET instance_boot_id = NULLIF($2, ''),
+                 instance_generation = $3::bigint,
+                 instance_start_lo_ms = $4::bigint,
+                 instance_start_hi_ms = $5::bigint
+ WHERE name = $1
 )sql";
 
 // schema/0002_generator.sql: what boxmeter-gen would read for node $1.
@@ -323,8 +331,12 @@ Status PgStore::Migrate() {
       current = "applying migration " + std::string(migration.name);
       pqxx::work tx(pq);
       tx.exec(std::string(migration.sql));
-      tx.exec_params("INSERT INTO schema_migrations (name) VALUES ($1)",
-                     std::string(migration.name));
+      // Each file records itself too (so it applies with plain psql);
+      // this covers one that does not.
+      tx.exec_params(
+          "INSERT INTO schema_migrations (name) VALUES ($1) "
+          "ON CONFLICT (name) DO NOTHING",
+          std::string(migration.name));
       tx.commit();
       LogInfo("applied migration {} to {}", migration.name, redacted_url_);
     }
@@ -368,12 +380,17 @@ Status PgStore::LoadNode(NodeState* out) {
     // if another writer commits meanwhile.
     pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> tx(pq);
     NodeState state;
-    pqxx::row seq =
-        tx.exec_params1("SELECT commit_seq FROM nodes WHERE name = $1", node_);
-    state.commit_seq = seq[0].as<int64_t>();
+    pqxx::row node = tx.exec_params1(
+        "SELECT commit_seq, coalesce(instance_boot_id, ''), "
+        "instance_generation, coalesce(instance_start_lo_ms, 0), "
+        "coalesce(instance_start_hi_ms, 0) FROM nodes WHERE name = $1",
+        node_);
+    state.commit_seq = node[0].as<int64_t>();
+    state.instance.boot_id = node[1].as<std::string>();
+    state.instance.generation = node[2].as<int64_t>();
+    state.instance.start = {node[3].as<int64_t>(), node[4].as<int64_t>()};
     pqxx::result rows = tx.exec_params(
-        "SELECT kind, name, base_uplink, base_downlink, "
-        "floor(extract(epoch FROM instance_start) * 1000)::bigint "
+        "SELECT kind, name, base_uplink, base_downlink, generation "
         "FROM counters WHERE node = $1",
         node_);
     state.baselines.reserve(rows.size());
@@ -383,14 +400,25 @@ Status PgStore::LoadNode(NodeState* out) {
       Baseline baseline;
       baseline.key = {*kind, std::string(row[1].c_str(), row[1].size())};
       baseline.values = {row[2].as<int64_t>(), row[3].as<int64_t>()};
-      baseline.instance_start_ms = row[4].as<int64_t>();
+      baseline.generation = row[4].as<int64_t>();
       state.baselines.push_back(std::move(baseline));
     }
     tx.commit();
     *out = std::move(state);
     return Status::Ok();
   } catch (const std::exception& e) {
-    return Failed("loading node '" + node_ + "'", e);
+    Status status = Failed("loading node '" + node_ + "'", e);
+    // schema/0008_hardening.sql: a collector's login writes only the nodes
+    // the schema's owner granted it.
+    if (std::string_view(e.what()).find("row-level security") !=
+        std::string_view::npos) {
+      return Status::Error(status.message() +
+                           "; this login may not write node '" + node_ +
+                           "': have the schema's owner run SELECT "
+                           "grant_node('" +
+                           node_ + "', '<this login role>')");
+    }
+    return status;
   }
 }
 
@@ -447,20 +475,22 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
                   "; is another collector running with node: " + node_ +
                   "? The node's state must be reloaded from the database")};
     }
+    const InstanceIdentity& instance = batch.instance;
+    tx.exec_params(kStoreInstance, node_, instance.boot_id, instance.generation,
+                   instance.start.lo_ms, instance.start.hi_ms);
     LeaveOutUnindexable(tx, node_, &rows);
     if (!rows.empty()) {
       tx.exec(kCreateCommitTable);
-      pqxx::stream_to stream(
-          tx, std::string(kCommitTable),
-          std::vector<std::string>{"i", "kind", "name", "uplink", "downlink",
-                                   "base_uplink", "base_downlink",
-                                   "instance_start_ms"});
+      pqxx::stream_to stream(tx, std::string(kCommitTable),
+                             std::vector<std::string>{
+                                 "i", "kind", "name", "uplink", "downlink",
+                                 "base_uplink", "base_downlink", "generation"});
       int64_t i = 0;
       for (const CommitRow* row : rows) {
         stream << std::make_tuple(
             i++, std::string(CounterKindName(row->key.kind)), row->key.name,
             row->delta.uplink, row->delta.downlink, row->baseline.uplink,
-            row->baseline.downlink, row->instance_start_ms);
+            row->baseline.downlink, row->generation);
       }
       stream.complete();
       // Without statistics the planner guesses the table's size and may

@@ -8,7 +8,10 @@
 //     `patterns` returns nothing (some releases; switchable).
 //   - `reset` swaps a returned counter to 0.
 //   - GetSysStats answers Uptime: whole seconds since the simulated instance
-//     started, plus an offset tests can set.
+//     started, plus an offset tests can set, truncated and measured on
+//     CLOCK_MONOTONIC (std::chrono::steady_clock), as sing-box v1.13.2's
+//     experimental/v2rayapi/stats.go does with Go's monotonic clock: the
+//     clock the collector brackets its requests with.
 //   - Restart() is a sing-box restart or reload: every counter vanishes (they
 //     come back lazily, from 0) and the uptime starts again.
 //

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -94,20 +95,29 @@ TEST(GrpcStatsSourceTest, SendsBothPatternFieldsAndNeverResets) {
   // Nothing was reset on the server.
   EXPECT_EQ(server.Get(kAliceUp), 100);
   EXPECT_EQ(server.Get(kAliceDown), 2000);
-  EXPECT_LE(result.reply.before.at_ms, result.reply.after.at_ms);
+  EXPECT_LE(result.reply.before.sent_ms, result.reply.before.received_ms);
+  EXPECT_LE(result.reply.before.received_ms, result.reply.after.sent_ms);
+  EXPECT_LE(result.reply.after.sent_ms, result.reply.after.received_ms);
 }
 
-TEST(GrpcStatsSourceTest, StampsUptimeSamplesWithTheInjectedClock) {
+TEST(GrpcStatsSourceTest, BracketsUptimeSamplesWithTheInjectedClock) {
   FakeStatsServer server;
   server.SetUptimeOffset(3600s);
-  int64_t now_ms = 1'000'000;
-  GrpcStatsSource source(server.address(), kLargeLimit,
-                         [&now_ms] { return now_ms += 10; });
+  std::atomic<int64_t> monotonic_ms = 1'000'000;
+  HostClock clock{[&monotonic_ms] { return monotonic_ms += 10; },
+                  [] { return int64_t{1'767'225'600'000}; }, "boot-x"};
+  GrpcStatsSource source(server.address(), kLargeLimit, clock);
 
   FetchResult result = FetchNow(source);
   ASSERT_TRUE(result.status.ok()) << result.status.message();
-  EXPECT_EQ(result.reply.before.at_ms, 1'000'010);
-  EXPECT_EQ(result.reply.after.at_ms, 1'000'020);
+  // Read before each request and after each answer, in that order.
+  EXPECT_EQ(result.reply.before.sent_ms, 1'000'010);
+  EXPECT_EQ(result.reply.before.received_ms, 1'000'020);
+  EXPECT_EQ(result.reply.after.sent_ms, 1'000'030);
+  EXPECT_EQ(result.reply.after.received_ms, 1'000'040);
+  EXPECT_EQ(result.reply.answered_wall_ms, 1'767'225'600'000);
+  EXPECT_EQ(result.reply.boot_id, "boot-x");
+  EXPECT_TRUE(result.reply.same_kernel);  // the fake listens on loopback
   EXPECT_GE(result.reply.before.uptime_s, 3600u);
   EXPECT_LE(result.reply.before.uptime_s, result.reply.after.uptime_s);
 }
@@ -155,7 +165,13 @@ TEST(GrpcStatsSourceTest, RestartShowsLowerValuesAndSmallerUptime) {
   Snapshot before, after;
   ASSERT_TRUE(MakeSnapshot(first.reply, &before).ok());
   ASSERT_TRUE(MakeSnapshot(second.reply, &after).ok());
-  EXPECT_FALSE(SameInstance(before.instance_start_ms, after.instance_start_ms));
+  // Both fetches on this kernel's CLOCK_MONOTONIC, the clock the fake's
+  // uptime runs on (as Go's does in sing-box): the intervals tell.
+  EXPECT_TRUE(before.instance.same_kernel);
+  EXPECT_FALSE(before.instance.start.Overlaps(after.instance.start));
+  InstanceIdentity identity;
+  identity.Continue(before.instance);
+  EXPECT_TRUE(identity.ProvesNew(after.instance));
 }
 
 TEST(GrpcStatsSourceTest, UnimplementedSaysHowToEnableTheApi) {
