@@ -337,13 +337,32 @@ void Collector::MaybeCommit() {
   auto batch = std::make_shared<CommitBatch>(engine_.Prepare());
   batch->read_users_fingerprint = mode_ == Mode::kDaemon && hooks_.enabled();
   size_t rows = batch->rows.size();
+  // Interim use of the writer lease until the collector's state machine
+  // takes it before loading: every commit takes (or renews) the lease
+  // first, and the final one of a stop hands it back.
+  milliseconds lease_ttl = std::max<milliseconds>(
+      std::chrono::duration_cast<milliseconds>(config_.poll.interval * 3),
+      std::chrono::seconds(1));
   OnDatabase<CommitResult>(
-      [this, batch] {
+      [this, batch, lease_ttl, finishing, node = config_.node] {
         Status status = store_.Connect();
+        LeaseState lease;
+        if (status.ok()) status = store_.TakeLease(lease_ttl, &lease);
         if (!status.ok()) {
           return CommitResult{CommitOutcome::kNotApplied, status};
         }
-        return store_.Commit(*batch);
+        if (!lease.held) {
+          return CommitResult{
+              CommitOutcome::kLeaseLost,
+              Status::Unavailable(LeaseHeldElsewhere(node, lease))};
+        }
+        batch->lease_token = lease.token;
+        batch->lease_ttl = lease_ttl;
+        CommitResult result = store_.Commit(*batch);
+        if (finishing && result.outcome == CommitOutcome::kApplied) {
+          store_.ReleaseLease(lease.token);
+        }
+        return result;
       },
       [this, rows](CommitResult result) { OnCommitted(result, rows); });
 }
@@ -371,6 +390,12 @@ void Collector::OnCommitted(CommitResult result, size_t rows) {
         PrepareDatabase();
         return;
       }
+      AfterDatabaseFailure(result.status);
+      break;
+    case CommitOutcome::kLeaseLost:
+      // Another collector writes for this node: nothing applied.
+      engine_.NotCommitted();
+      LogError("{}", result.status.message());
       AfterDatabaseFailure(result.status);
       break;
     case CommitOutcome::kUnknown:

@@ -19,6 +19,7 @@
 #include "pg_store.h"
 #include "program.h"
 #include "stable_clock.h"
+#include "writer_lease.h"
 
 namespace boxmeter {
 namespace {
@@ -131,12 +132,16 @@ int Main(int argc, char** argv) {
   }
   SetLogLevel(config.log.level);
 
-  PgStore store(config.database.url, config.node);
+  // Who this process is in the node's writer lease, as another collector
+  // for the same node will name it in its log.
+  PgStore store(config.database.url, config.node, NewLeaseHolder());
   if (cli.Has("migrate")) {
     BlockStopSignals(false);
     return Migrate(store);
   }
 
+  LogInfo("node {}: writer lease holder \"{}\"", config.node,
+          store.lease_holder());
   StableClock clock;
   GrpcStatsSource source(config.source.address, config.source.max_message_size,
                          [&clock] { return clock.NowMs(); });

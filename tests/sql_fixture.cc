@@ -41,8 +41,15 @@ Meter::Meter(const std::string& url, std::string node)
   instance_start_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count();
+  LeaseState lease;
+  Status status = store_.TakeLease(kTestLeaseTtl, &lease);
+  if (status.ok() && !lease.held) {
+    status = Status::Error("node " + node_ + " is held by " + lease.holder);
+  }
+  if (!status.ok()) throw std::runtime_error(status.message());
+  lease_token_ = lease.token;
   NodeState state;
-  Status status = store_.LoadNode(&state);
+  status = store_.LoadNode(&state);
   if (!status.ok()) throw std::runtime_error(status.message());
   seq_ = state.commit_seq;
   for (const Baseline& b : state.baselines) cumulative_[b.key] = b.values;
@@ -52,6 +59,7 @@ void Meter::Commit(const std::vector<Traffic>& traffic, int64_t observed_ms) {
   CommitBatch batch;
   batch.expected_seq = seq_;
   batch.observed_at_ms = observed_ms;
+  batch.lease_token = lease_token_;
   // Traffic of one counter listed twice is one row, as in a snapshot.
   std::map<CounterKey, CounterValues> deltas;
   for (const Traffic& t : traffic) {

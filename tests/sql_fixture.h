@@ -48,6 +48,7 @@ class Meter {
   PgStore store_;
   std::string node_;
   int64_t seq_ = 0;
+  int64_t lease_token_ = 0;
   int64_t instance_start_ms_;
   std::map<CounterKey, CounterValues> cumulative_;
 };
