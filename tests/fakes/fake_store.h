@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <map>
@@ -53,8 +54,10 @@ class FakeStore : public Store {
     return Status::Ok();
   }
   CommitResult Commit(const CommitBatch& batch) override {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     ++commits_;
+    // Held: the commit is "in flight" until the test releases it.
+    gate_.wait(lock, [this] { return !hold_commits_; });
     if (!up_) {
       return {CommitOutcome::kNotApplied,
               Status::Unavailable("fake database is down")};
@@ -180,6 +183,16 @@ class FakeStore : public Store {
     return lease_releases_;
   }
 
+  // While held, Commit blocks (on the collector's database thread) after
+  // counting itself in commits(), as a commit waiting on a row lock would.
+  void HoldCommits(bool hold) {
+    {
+      std::lock_guard lock(mu_);
+      hold_commits_ = hold;
+    }
+    gate_.notify_all();
+  }
+
   void SetUp(bool up) {
     std::lock_guard lock(mu_);
     up_ = up;
@@ -259,6 +272,8 @@ class FakeStore : public Store {
   LeaseState lease_;  // holder and token; holder empty: nobody
   std::chrono::milliseconds lease_expires_{0};
   int lease_takes_ = 0, lease_releases_ = 0;
+  std::condition_variable gate_;
+  bool hold_commits_ = false;
   bool up_ = true;
   std::deque<Next> script_;
   std::map<CounterKey, Row> rows_;
