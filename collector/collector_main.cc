@@ -19,6 +19,7 @@
 #include "notifier.h"
 #include "pg_store.h"
 #include "program.h"
+#include "writer_lease.h"
 
 namespace boxmeter {
 namespace {
@@ -164,12 +165,16 @@ int Main(int argc, char** argv) {
     return Flush(config);
   }
 
-  PgStore store(config.database.url, config.node);
+  // Who this process is in the node's writer lease, as another collector
+  // for the same node will name it in its log.
+  PgStore store(config.database.url, config.node, NewLeaseHolder());
   if (cli.Has("migrate")) {
     BlockStopSignals(false);
     return Migrate(store);
   }
 
+  LogInfo("node {}: writer lease holder \"{}\"", config.node,
+          store.lease_holder());
   GrpcStatsSource source(config.source.address, config.source.max_message_size);
   const char* health_file = std::getenv("BOXMETER_HEALTH_FILE");
   SystemdNotifier notifier(health_file ? health_file : "");

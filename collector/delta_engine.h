@@ -75,7 +75,10 @@ struct CommitBatch {
   // Also read the node's users fingerprint in the same transaction (only the
   // hooks need it, and it costs a scan of the node's users).
   bool read_users_fingerprint = false;
-  // The writer lease this commit is fenced by, renewed for lease_ttl.
+  // The writer lease (writer_lease.h, Store::TakeLease): the batch applies
+  // only while the lease with this fencing token is still this writer's,
+  // and the commit renews it to lapse `lease_ttl` after it (never earlier
+  // than it already would; 0 leaves it). Set by the collector, not Prepare.
   int64_t lease_token = 0;
   std::chrono::milliseconds lease_ttl{0};
   // The node's current instance, stored with the rows' generations.

@@ -134,6 +134,49 @@ UPDATE nodes SET instance_boot_id = NULLIF($2, ''),
  WHERE name = $1
 )sql";
 
+// Registers node $1 if new (LoadNode, TakeLease).
+constexpr const char* kRegisterNode =
+    "INSERT INTO nodes (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
+
+// The node's writer lease (schema/0006_writer_lease.sql) in four statements.
+// Takes or renews the lease of node $1 for holder $2, to lapse $3 ms from
+// now: only if free, lapsed or already $2's. The token moves only when the
+// holder changes. Under READ COMMITTED, a statement that waited for the
+// row's lock (a commit in flight) judges the row as that commit left it.
+constexpr const char* kTakeLease =
+    "UPDATE nodes SET "
+    "lease_token = CASE WHEN lease_holder = $2 THEN lease_token "
+    "ELSE lease_token + 1 END, "
+    "lease_holder = $2, "
+    "lease_expires_at = clock_timestamp() + $3::bigint * interval '1 "
+    "millisecond' "
+    "WHERE name = $1 AND (lease_holder IS NULL OR lease_holder = $2 OR "
+    "lease_expires_at <= clock_timestamp()) "
+    "RETURNING lease_token";
+
+// Who holds node $1's lease, its token, the milliseconds until it lapses by
+// the database's clock (0 when lapsed or free), and the commit sequence.
+constexpr const char* kReadLease =
+    "SELECT lease_holder, lease_token, coalesce(greatest(0, floor(extract("
+    "epoch FROM lease_expires_at - clock_timestamp()) * 1000)), 0)::bigint, "
+    "commit_seq FROM nodes WHERE name = $1";
+
+// Releases node $1's lease if holder $3 still holds it with token $2. The
+// token stays, so the next holder's is larger.
+constexpr const char* kReleaseLease =
+    "UPDATE nodes SET lease_holder = NULL, lease_expires_at = NULL "
+    "WHERE name = $1 AND lease_token = $2::bigint AND lease_holder = $3";
+
+// A commit's guard: moves node $1's sequence from $2 only while holder $4
+// holds the lease with token $3, and renews the lease to lapse $5 ms from
+// now (never earlier than it already would).
+constexpr const char* kCommitGuard =
+    "UPDATE nodes SET commit_seq = commit_seq + 1, last_commit_at = now(), "
+    "lease_expires_at = greatest(lease_expires_at, clock_timestamp() + "
+    "$5::bigint * interval '1 millisecond') "
+    "WHERE name = $1 AND commit_seq = $2::bigint AND lease_token = $3::bigint "
+    "AND lease_holder = $4";
+
 // schema/0002_generator.sql: what boxmeter-gen would read for node $1.
 constexpr const char* kUsersFingerprint = "SELECT users_fingerprint($1)";
 
@@ -233,6 +276,15 @@ class NoticeLogger : public pqxx::errorhandler {
   }
 };
 
+// The lease as a row of kReadLease has it: holder, token, ms left.
+LeaseState LeaseFromRow(const pqxx::row& row) {
+  LeaseState lease;
+  if (!row[0].is_null()) lease.holder = row[0].as<std::string>();
+  lease.token = row[1].as<int64_t>();
+  lease.expires_in = std::chrono::milliseconds(row[2].as<int64_t>());
+  return lease;
+}
+
 }  // namespace
 
 struct PgStore::Connection {
@@ -245,10 +297,11 @@ struct PgStore::Connection {
   NoticeLogger notices;  // declared after pq: unregisters before it closes
 };
 
-PgStore::PgStore(std::string url, std::string node)
+PgStore::PgStore(std::string url, std::string node, std::string lease_holder)
     : url_(std::move(url)),
       redacted_url_(RedactUrl(url_)),
-      node_(std::move(node)) {}
+      node_(std::move(node)),
+      lease_holder_(std::move(lease_holder)) {}
 
 PgStore::~PgStore() = default;
 
@@ -359,9 +412,7 @@ Status PgStore::LoadNode(NodeState* out) {
     pqxx::connection& pq = connection_->pq;
     {
       pqxx::work tx(pq);
-      tx.exec_params(
-          "INSERT INTO nodes (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-          node_);
+      tx.exec_params(kRegisterNode, node_);
       tx.commit();
     }
     // One snapshot for the sequence and the baselines, so they agree even
@@ -445,16 +496,24 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
     pqxx::connection& pq = connection_->pq;
     pqxx::work tx(pq);
     pqxx::result bumped = tx.exec_params(
-        "UPDATE nodes SET commit_seq = commit_seq + 1, last_commit_at = now() "
-        "WHERE name = $1 AND commit_seq = $2::bigint",
-        node_, batch.expected_seq);
+        kCommitGuard, node_, batch.expected_seq, batch.lease_token,
+        lease_holder_, std::max<int64_t>(0, batch.lease_ttl.count()));
     if (bumped.affected_rows() == 0) {
-      pqxx::result actual =
-          tx.exec_params("SELECT commit_seq FROM nodes WHERE name = $1", node_);
+      pqxx::result actual = tx.exec_params(kReadLease, node_);
       tx.abort();
+      if (!actual.empty()) {
+        LeaseState now = LeaseFromRow(actual[0]);
+        if (now.holder != lease_holder_ || now.token != batch.lease_token) {
+          return {
+              CommitOutcome::kLeaseLost,
+              Status::Invalid(
+                  what + " on PostgreSQL " + redacted_url_ + " not applied: " +
+                  LeaseLost(node_, lease_holder_, batch.lease_token, now))};
+        }
+      }
       std::string found =
           actual.empty() ? "no such node in table nodes (was it deleted?)"
-                         : "the database has " + actual[0][0].as<std::string>();
+                         : "the database has " + actual[0][3].as<std::string>();
       return {CommitOutcome::kNotApplied,
               Status::Invalid(
                   what + " on PostgreSQL " + redacted_url_ +
@@ -521,6 +580,61 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
                   "applied is unknown; the node's commit sequence tells")};
     }
     return {CommitOutcome::kNotApplied, status};
+  }
+}
+
+Status PgStore::TakeLease(std::chrono::milliseconds ttl, LeaseState* out) {
+  if (ttl.count() <= 0 || lease_holder_.empty()) {
+    return Status::Invalid(
+        "taking the writer lease of node '" + node_ + "' for " +
+        std::to_string(ttl.count()) + " ms as holder '" + lease_holder_ +
+        "': the lease needs a positive time to live and a holder name (a "
+        "bug in the caller)");
+  }
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::work tx(connection_->pq);
+    LeaseState state;
+    // Each statement sees what committed before it (READ COMMITTED), so a
+    // retry sees a node registered or a lease released meanwhile.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      pqxx::result taken = tx.exec_params(kTakeLease, node_, lease_holder_,
+                                          static_cast<int64_t>(ttl.count()));
+      if (!taken.empty()) {
+        state.held = true;
+        state.token = taken[0][0].as<int64_t>();
+        state.holder = lease_holder_;
+        state.expires_in = ttl;  // from the UPDATE's clock_timestamp()
+        break;
+      }
+      pqxx::result now = tx.exec_params(kReadLease, node_);
+      if (now.empty()) {
+        tx.exec_params(kRegisterNode, node_);
+        continue;
+      }
+      state = LeaseFromRow(now[0]);
+      // Released or lapsed between the two statements: try again.
+      if (!state.holder.empty() && state.expires_in.count() > 0) break;
+    }
+    tx.commit();
+    *out = std::move(state);
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Failed("taking the writer lease of node '" + node_ + "'", e);
+  }
+}
+
+Status PgStore::ReleaseLease(int64_t token) {
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::work tx(connection_->pq);
+    tx.exec_params(kReleaseLease, node_, token, lease_holder_);
+    tx.commit();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Failed("releasing the writer lease of node '" + node_ + "' (token " +
+                      std::to_string(token) + ")",
+                  e);
   }
 }
 

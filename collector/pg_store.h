@@ -29,6 +29,15 @@
 //   with the same node name?); the caller must LoadNode again.
 // - The hourly row is the UTC hour of batch.observed_at_ms (this machine's
 //   clock when it is 0).
+// - The writer lease lives in the node's row (schema/0006_writer_lease.sql)
+//   and its expiry on the database's clock (clock_timestamp(), not now():
+//   a statement that waited for the row's lock does not date the lease
+//   from before the wait). TakeLease, ReleaseLease and the commit's guard
+//   are single statements on that row in short transactions: no session
+//   lock or setting, so all of it works through a transaction-pooling
+//   pooler. (Migrate and PruneHistory do hold session advisory locks.)
+//   Statements name their node (WHERE name = $1), so row security may
+//   restrict a role to its own node.
 //
 // Not thread-safe: one PgStore per thread (Store's calls come from one
 // database worker).
@@ -43,8 +52,11 @@ namespace boxmeter {
 
 class PgStore : public Store {
  public:
-  // `url`: a libpq URL or key=value string; `node`: this node's name.
-  PgStore(std::string url, std::string node);
+  // `url`: a libpq URL or key=value string; `node`: this node's name;
+  // `lease_holder`: who this store is in the node's writer lease (see
+  // NewLeaseHolder); unique to this store.
+  PgStore(std::string url, std::string node,
+          std::string lease_holder = NewLeaseHolder());
   ~PgStore() override;
 
   PgStore(const PgStore&) = delete;
@@ -53,16 +65,11 @@ class PgStore : public Store {
   Status Connect() override;
   Status Migrate() override;
   Status LoadNode(NodeState* out) override;
+  Status TakeLease(std::chrono::milliseconds ttl, LeaseState* out) override;
+  Status ReleaseLease(int64_t token) override;
   CommitResult Commit(const CommitBatch& batch) override;
   Status ReadCommitSeq(int64_t* seq) override;
   Status ReadUsersFingerprint(std::string* fingerprint) override;
-  // TEMPSTUB
-  Status TakeLease(std::chrono::milliseconds, LeaseState* out) override {
-    out->held = true;
-    out->token = 1;
-    return Status::Ok();
-  }
-  Status ReleaseLease(int64_t) override { return Status::Ok(); }
 
   // Deletes, in batches of kPruneBatchRows, the hourly rows whose hour
   // started before now() - retention, oldest first. One collector of a
@@ -78,6 +85,7 @@ class PgStore : public Store {
 
   // The URL with any password replaced, as used in messages.
   const std::string& redacted_url() const { return redacted_url_; }
+  const std::string& lease_holder() const { return lease_holder_; }
 
  private:
   struct Connection;  // wraps pqxx::connection, kept out of this header
@@ -88,6 +96,7 @@ class PgStore : public Store {
   std::string url_;
   std::string redacted_url_;
   std::string node_;
+  std::string lease_holder_;
   std::unique_ptr<Connection> connection_;
 };
 

@@ -10,17 +10,9 @@
 
 #include "delta_engine.h"
 #include "status.h"
+#include "writer_lease.h"
 
 namespace boxmeter {
-
-// The node's writer lease (schema/0006_writer_lease.sql): at most one
-// collector commits for a node. `token` fences every commit.
-struct LeaseState {
-  bool held = false;   // this collector holds it
-  int64_t token = 0;   // when held: the fencing token its commits carry
-  std::string holder;  // when not held: who holds it (host, pid)
-  std::chrono::milliseconds expires_in{0};  // when not held: until it lapses
-};
 
 struct NodeState {
   int64_t commit_seq = 0;
@@ -34,7 +26,12 @@ enum class CommitOutcome {
   kApplied,     // committed: totals, baselines and sequence moved together
   kNotApplied,  // certainly not committed (rolled back or never sent)
   kUnknown,     // the connection failed during COMMIT: ask ReadCommitSeq
-  kLeaseLost,   // not applied: another collector holds the node's lease now
+  // Certainly not committed, and nothing changed: the batch's lease token is
+  // no longer the node's (another collector took the node over after this
+  // one's lease lapsed, or this one released it). The status names the
+  // holder now. The writer must stop writing: TakeLease again, and only
+  // once it holds the lease, LoadNode before committing anything.
+  kLeaseLost,
 };
 
 struct CommitResult {
@@ -64,24 +61,36 @@ class Store {
   virtual Status Migrate() = 0;
 
   // Registers the node if new and reads its commit sequence, its current
-  // instance and its baselines, all as of one moment.
+  // instance and its baselines, all as of one moment. A writer calls it only
+  // while it holds the node's lease (TakeLease), so it never adopts the
+  // baselines of another writer.
   virtual Status LoadNode(NodeState* out) = 0;
 
-  // Applies `batch` in one transaction if the node's commit sequence is still
-  // batch.expected_seq: adds the deltas to the totals and the hourly history,
-  // sets the baselines (with their generations) and the node's instance
-  // (batch.instance), and increments the sequence. A batch whose sequence
-  // no longer matches changes nothing and is kNotApplied.
-  virtual CommitResult Commit(const CommitBatch& batch) = 0;
-
-  // Takes the node's lease for `ttl` if it is free, lapsed or already ours
-  // (then renews it). Never takes a live lease of another holder: `out`
-  // then says who holds it and for how long.
+  // Takes the node's writer lease (writer_lease.h) if nobody holds it, if
+  // it lapsed (by the database's clock), or if this store holds it already
+  // (then it renews it; the token stays). Never takes a live lease from
+  // another holder: then out->held is false and out names the holder. Sets
+  // the lease to lapse `ttl` from now on the database's clock. Registers
+  // the node if new. The token grows by one at every change of holder, so
+  // a holder that lost the lease can tell, and its commits are refused.
+  // One short transaction (usually one UPDATE): cheap enough to renew the
+  // lease while idle. A status that is not ok says nothing of the lease.
   virtual Status TakeLease(std::chrono::milliseconds ttl, LeaseState* out) = 0;
 
-  // Gives the lease up (a clean stop), so the next collector need not wait
-  // for it to lapse.
+  // Hands the lease back at once (on a clean stop), so that a collector
+  // started next need not wait for it to lapse. Does nothing when the lease
+  // with `token` is no longer this store's. Ok in both cases.
   virtual Status ReleaseLease(int64_t token) = 0;
+
+  // Applies `batch` in one transaction if this store still holds the node's
+  // lease with batch.lease_token and the node's commit sequence is still
+  // batch.expected_seq: adds the deltas to the totals and the hourly history,
+  // sets the baselines (with their generations) and the node's instance
+  // (batch.instance), increments the sequence and renews the lease by
+  // batch.lease_ttl. A batch whose lease was lost changes nothing and is
+  // kLeaseLost (checked first); one whose sequence no longer matches changes
+  // nothing and is kNotApplied with Status::kInvalid.
+  virtual CommitResult Commit(const CommitBatch& batch) = 0;
 
   // The node's commit sequence as the database has it now.
   virtual Status ReadCommitSeq(int64_t* seq) = 0;

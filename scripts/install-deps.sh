@@ -23,6 +23,7 @@ build_packages=(
 )
 test_packages=(
   postgresql-15          # a real, throwaway PostgreSQL per test suite
+  pgbouncer              # the writer lease through a transaction pooler
   v2ray                  # v2ray-core 4.34: the real StatsService peer
   curl                   # pushes real traffic through v2ray's socks inbound
   procps                 # ps/pgrep, used by the scripts

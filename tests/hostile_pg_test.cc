@@ -31,6 +31,8 @@ class HostilePgTest : public testing::PgDatabaseTest {
     store_ = std::make_unique<PgStore>(url(), "hostile-node");
     Status status = store_->Migrate();
     ASSERT_TRUE(status.ok()) << status.message();
+    testing::TakeLease(*store_, &lease_token_);
+    if (HasFatalFailure()) return;
     Load();
   }
 
@@ -67,7 +69,9 @@ class HostilePgTest : public testing::PgDatabaseTest {
     ASSERT_TRUE(MakeSnapshot(reply, &snapshot).ok());
     engine_.Observe(snapshot);
     if (!engine_.HasPending()) return;
-    CommitResult result = store_->Commit(engine_.Prepare());
+    CommitBatch batch = engine_.Prepare();
+    batch.lease_token = lease_token_;
+    CommitResult result = store_->Commit(batch);
     ASSERT_EQ(result.outcome, CommitOutcome::kApplied)
         << result.status.message();
     engine_.Committed();
@@ -99,6 +103,7 @@ class HostilePgTest : public testing::PgDatabaseTest {
   }
 
   std::unique_ptr<PgStore> store_;
+  int64_t lease_token_ = 0;
   DeltaEngine engine_;
   int64_t poll_ms_ = kStartMs + 3'600'000;
 };

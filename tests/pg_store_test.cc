@@ -33,9 +33,12 @@ CommitRow Row(CounterKind kind, std::string name, CounterValues delta,
                    generation};
 }
 
+// A batch under the lease that Ready took (a fresh node's first).
 CommitBatch Batch(int64_t expected_seq, std::vector<CommitRow> rows,
                   int64_t observed_at_ms = kObservedMs) {
-  return CommitBatch{expected_seq, observed_at_ms, std::move(rows)};
+  CommitBatch batch{expected_seq, observed_at_ms, std::move(rows)};
+  batch.lease_token = testing::kFirstLeaseToken;
+  return batch;
 }
 
 std::map<CounterKey, Baseline> ByKey(const std::vector<Baseline>& baselines) {
@@ -435,9 +438,9 @@ TEST_F(PgStoreTest, CommitWhileServerIsDownFailsCleanlyAndRecovers) {
   std::string redacted = with_password;
   redacted.replace(redacted.find("s3cret"), 6, "***");
   PgStore store(with_password, "edge-1");
-  ASSERT_TRUE(store.Migrate().ok());
   NodeState state;
-  ASSERT_TRUE(store.LoadNode(&state).ok());
+  testing::MigrateAndLoad(store, &state);
+  ASSERT_FALSE(HasFatalFailure());
   ASSERT_EQ(
       store.Commit(Batch(0, {Row(CounterKind::kUser, "alice", {1, 2}, {1, 2})}))
           .outcome,

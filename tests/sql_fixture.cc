@@ -38,8 +38,15 @@ std::string ResultText(const pqxx::result& result) {
 
 Meter::Meter(const std::string& url, std::string node)
     : store_(url, node), node_(std::move(node)) {
+  LeaseState lease;
+  Status status = store_.TakeLease(kTestLeaseTtl, &lease);
+  if (status.ok() && !lease.held) {
+    status = Status::Error("node " + node_ + " is held by " + lease.holder);
+  }
+  if (!status.ok()) throw std::runtime_error(status.message());
+  lease_token_ = lease.token;
   NodeState state;
-  Status status = store_.LoadNode(&state);
+  status = store_.LoadNode(&state);
   if (!status.ok()) throw std::runtime_error(status.message());
   seq_ = state.commit_seq;
   instance_ = state.instance;
@@ -51,6 +58,7 @@ void Meter::Commit(const std::vector<Traffic>& traffic, int64_t observed_ms) {
   batch.expected_seq = seq_;
   batch.observed_at_ms = observed_ms;
   batch.instance = instance_;
+  batch.lease_token = lease_token_;
   // Traffic of one counter listed twice is one row, as in a snapshot.
   std::map<CounterKey, CounterValues> deltas;
   for (const Traffic& t : traffic) {

@@ -49,6 +49,7 @@ class Meter {
   std::string node_;
   int64_t seq_ = 0;
   InstanceIdentity instance_;  // kept as loaded: one instance throughout
+  int64_t lease_token_ = 0;
   std::map<CounterKey, CounterValues> cumulative_;
 };
 

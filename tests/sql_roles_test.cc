@@ -63,15 +63,29 @@ TEST_F(SqlRolesTest, CollectorWorksAsALoginRoleOfBoxmeterCollector) {
   PgStore store(Url(meter_), "edge-1");
   Status migrated = store.Migrate();  // nothing pending: a no-op
   ASSERT_TRUE(migrated.ok()) << migrated.message();
+  // Takes the writer lease of a node it registers, renews and releases it.
+  LeaseState lease;
+  Status taken = store.TakeLease(std::chrono::minutes(1), &lease);
+  ASSERT_TRUE(taken.ok()) << taken.message();
+  ASSERT_TRUE(lease.held);
   NodeState state;
   Status loaded = store.LoadNode(&state);
   ASSERT_TRUE(loaded.ok()) << loaded.message();
-  CommitResult first = store.Commit(
-      CommitBatch{state.commit_seq, DayMs(0, 1), {Row("alice", 100, 100)}});
+  CommitBatch batch{state.commit_seq, DayMs(0, 1), {Row("alice", 100, 100)}};
+  batch.lease_token = lease.token;
+  batch.lease_ttl = std::chrono::minutes(1);
+  CommitResult first = store.Commit(batch);
   ASSERT_EQ(first.outcome, CommitOutcome::kApplied) << first.status.message();
-  CommitResult second = store.Commit(
-      CommitBatch{state.commit_seq + 1, DayMs(0, 1), {Row("alice", 50, 150)}});
+  batch = {state.commit_seq + 1, DayMs(0, 1), {Row("alice", 50, 150)}};
+  batch.lease_token = lease.token;
+  CommitResult second = store.Commit(batch);
   ASSERT_EQ(second.outcome, CommitOutcome::kApplied) << second.status.message();
+  Status renewed = store.TakeLease(std::chrono::minutes(1), &lease);
+  ASSERT_TRUE(renewed.ok()) << renewed.message();
+  Status released = store.ReleaseLease(lease.token);
+  ASSERT_TRUE(released.ok()) << released.message();
+  EXPECT_EQ(Query("SELECT lease_holder IS NULL, lease_token FROM nodes"),
+            "t|1");
   int64_t seq = 0;
   ASSERT_TRUE(store.ReadCommitSeq(&seq).ok());
   EXPECT_EQ(seq, 2);
@@ -263,10 +277,12 @@ TEST_F(SqlRolesTest, GeneratorWritesNothing) {
 TEST_F(SqlRolesTest, ReadonlySeesTheViewsAndNothingElse) {
   PgStore store(Url(), "edge-1");
   NodeState state;
-  ASSERT_TRUE(store.LoadNode(&state).ok());
-  ASSERT_EQ(
-      store.Commit(CommitBatch{0, DayMs(0), {Row("alice", 5, 5)}}).outcome,
-      CommitOutcome::kApplied);
+  int64_t lease_token = 0;
+  testing::MigrateAndLoad(store, &state, &lease_token);
+  ASSERT_FALSE(HasFatalFailure());
+  CommitBatch batch{0, DayMs(0), {Row("alice", 5, 5)}};
+  batch.lease_token = lease_token;
+  ASSERT_EQ(store.Commit(batch).outcome, CommitOutcome::kApplied);
   for (const char* view :
        {"user_traffic", "inbound_traffic", "outbound_traffic",
         "user_node_hourly", "user_hourly", "user_node_daily", "user_daily",

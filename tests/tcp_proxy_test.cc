@@ -33,14 +33,16 @@ class TcpProxyTest : public testing::PgDatabaseTest {
                                       "/" + database() + "?connect_timeout=2",
                                   "proxied");
     NodeState state;
-    testing::MigrateAndLoad(*store_, &state);
+    testing::MigrateAndLoad(*store_, &state, &lease_token_);
   }
 
   CommitBatch Batch(int64_t seq, int64_t up) {
-    return CommitBatch{
+    CommitBatch batch{
         seq,
         kStartMs,
         {CommitRow{{CounterKind::kUser, "alice"}, {up, 0}, {up, 0}, kStartMs}}};
+    batch.lease_token = lease_token_;
+    return batch;
   }
 
   int64_t Seq() {
@@ -50,6 +52,7 @@ class TcpProxyTest : public testing::PgDatabaseTest {
 
   std::unique_ptr<TcpProxy> proxy_;
   std::unique_ptr<PgStore> store_;
+  int64_t lease_token_ = 0;
 };
 
 TEST_F(TcpProxyTest, CommitWhoseReplyIsLostAppliedAndSaysUnknown) {

@@ -29,7 +29,7 @@ class UsersFingerprintTest : public PgDatabaseTest {
     if (HasFatalFailure()) return;
     store_ = std::make_unique<PgStore>(url(), "edge-1");
     NodeState state;
-    MigrateAndLoad(*store_, &state);
+    MigrateAndLoad(*store_, &state, &lease_token_);
     if (HasFatalFailure()) return;
     seq_ = state.commit_seq;
     Sql(R"sql(
@@ -64,6 +64,7 @@ class UsersFingerprintTest : public PgDatabaseTest {
                                  {total_, 0},
                                  1767320000000}}};
     batch.read_users_fingerprint = true;
+    batch.lease_token = lease_token_;
     CommitResult result = store_->Commit(batch);
     EXPECT_EQ(result.outcome, CommitOutcome::kApplied)
         << result.status.message();
@@ -73,6 +74,7 @@ class UsersFingerprintTest : public PgDatabaseTest {
 
   std::unique_ptr<PgStore> store_;
   int64_t seq_ = 0;
+  int64_t lease_token_ = 0;
   int64_t total_ = 0;  // the baseline grows with every commit
 };
 

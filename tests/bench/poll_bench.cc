@@ -143,6 +143,11 @@ class Poller {
   Poller(const std::string& address, const std::string& url)
       : source_(address, kMaxMessageBytes), store_(url, kNode) {
     Check(store_.Migrate(), "migrating");
+    LeaseState lease;
+    Check(store_.TakeLease(std::chrono::hours(24), &lease),
+          "taking the node's lease");
+    if (!lease.held) throw std::runtime_error("node held by " + lease.holder);
+    lease_token_ = lease.token;
     NodeState state;
     Check(store_.LoadNode(&state), "loading the node");
     engine_.Load(state.commit_seq, state.instance, state.baselines);
@@ -173,6 +178,7 @@ class Poller {
     auto t2 = Clock::now();
     int64_t cpu0 = CpuNanos(backend_pid_);
     if (pending) {
+      result.batch.lease_token = lease_token_;
       CommitResult commit = store_.Commit(result.batch);
       if (commit.outcome != CommitOutcome::kApplied) {
         throw std::runtime_error("commit failed: " + commit.status.message());
@@ -219,6 +225,7 @@ class Poller {
 
   GrpcStatsSource source_;
   PgStore store_;
+  int64_t lease_token_ = 0;
   DeltaEngine engine_;
   int backend_pid_ = -1;
 };

@@ -1,12 +1,23 @@
 // FakeStore: an in-memory Store that applies batches the way PgStore does
-// (guarded by the node's commit sequence) and fails on command. Thread-safe:
-// the collector calls it from its database thread while tests inspect it.
+// (guarded by the node's writer lease and commit sequence) and fails on
+// command. Thread-safe: the collector calls it from its database thread
+// while tests inspect it.
+//
+// The writer lease follows PgStore's rules (store.h) on an injectable clock
+// (SetClock; the steady clock by default): this store is holder(); a test
+// plays another collector for the same node with TakeLeaseAs (which, like a
+// collector, cannot take a live lease) or StealLease (a takeover after this
+// store's lease lapsed, without waiting for the clock).
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <string>
 
 #include "store.h"
 
@@ -60,6 +71,12 @@ class FakeStore : public Store {
     if (next == Next::kNotApplied) {
       return {CommitOutcome::kNotApplied, Status::Error("fake failure")};
     }
+    if (batch.lease_token != lease_.token || lease_.holder != holder_) {
+      return {
+          CommitOutcome::kLeaseLost,
+          Status::Invalid("fake: " + LeaseLost("fake-node", holder_,
+                                               batch.lease_token, LeaseNow()))};
+    }
     if (batch.expected_seq != seq_) {
       return {CommitOutcome::kNotApplied,
               Status::Invalid("fake: commit sequence moved")};
@@ -74,6 +91,7 @@ class FakeStore : public Store {
       instance_ = batch.instance;
       ++seq_;
       ++applied_;
+      lease_expires_ = std::max(lease_expires_, clock_() + batch.lease_ttl);
     }
     if (next == Next::kApplied) {
       return {CommitOutcome::kApplied, Status::Ok(),
@@ -81,15 +99,23 @@ class FakeStore : public Store {
     }
     return {CommitOutcome::kUnknown, Status::Unavailable("fake: lost reply")};
   }
-  // TEMPSTUB
-  Status TakeLease(std::chrono::milliseconds, LeaseState* out) override {
+  Status TakeLease(std::chrono::milliseconds ttl, LeaseState* out) override {
     std::lock_guard lock(mu_);
+    ++lease_takes_;
     if (!up_) return Status::Unavailable("fake database is down");
-    out->held = true;
-    out->token = 1;
+    if (ttl.count() <= 0) return Status::Invalid("fake: lease TTL <= 0");
+    TakeLocked(holder_, ttl);
+    *out = LeaseNow();
+    out->held = lease_.holder == holder_;
     return Status::Ok();
   }
-  Status ReleaseLease(int64_t) override { return Status::Ok(); }
+  Status ReleaseLease(int64_t token) override {
+    std::lock_guard lock(mu_);
+    ++lease_releases_;
+    if (!up_) return Status::Unavailable("fake database is down");
+    if (lease_.holder == holder_ && lease_.token == token) lease_.holder = "";
+    return Status::Ok();
+  }
   Status ReadCommitSeq(int64_t* seq) override {
     std::lock_guard lock(mu_);
     if (!up_) return Status::Unavailable("fake database is down");
@@ -113,6 +139,50 @@ class FakeStore : public Store {
     if (!up_) return Status::Unavailable("fake database is down");
     *out = PruneResult{};
     return Status::Ok();
+  }
+
+  // The lease's clock (milliseconds, any epoch); the steady clock if unset.
+  void SetClock(std::function<std::chrono::milliseconds()> clock) {
+    std::lock_guard lock(mu_);
+    clock_ = std::move(clock);
+  }
+  // Who this store is in the lease ("host fake pid 1 this" unless set).
+  void SetHolder(std::string holder) {
+    std::lock_guard lock(mu_);
+    holder_ = std::move(holder);
+  }
+  std::string holder() {
+    std::lock_guard lock(mu_);
+    return holder_;
+  }
+  // Another collector for the node tries to take the lease, with the same
+  // rules as TakeLease: true when it holds it now.
+  bool TakeLeaseAs(const std::string& holder, std::chrono::milliseconds ttl) {
+    std::lock_guard lock(mu_);
+    TakeLocked(holder, ttl);
+    return lease_.holder == holder;
+  }
+  // Another collector took the node over (as after this store's lease
+  // lapsed), whoever held it: the token moves on.
+  void StealLease(const std::string& holder, std::chrono::milliseconds ttl) {
+    std::lock_guard lock(mu_);
+    lease_expires_ = clock_();
+    TakeLocked(holder, ttl);
+  }
+  // The lease now: held is whether this store holds it.
+  LeaseState lease() {
+    std::lock_guard lock(mu_);
+    LeaseState now = LeaseNow();
+    now.held = !lease_.holder.empty() && lease_.holder == holder_;
+    return now;
+  }
+  int lease_takes() {
+    std::lock_guard lock(mu_);
+    return lease_takes_;
+  }
+  int lease_releases() {
+    std::lock_guard lock(mu_);
+    return lease_releases_;
   }
 
   // While held, Commit blocks (on the collector's database thread) after
@@ -172,7 +242,38 @@ class FakeStore : public Store {
   }
 
  private:
+  static std::chrono::milliseconds SteadyNow() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now().time_since_epoch());
+  }
+  // PgStore's kTakeLease: free, lapsed or already `holder`'s.
+  void TakeLocked(const std::string& holder, std::chrono::milliseconds ttl) {
+    std::chrono::milliseconds now = clock_();
+    if (!lease_.holder.empty() && lease_.holder != holder &&
+        lease_expires_ > now) {
+      return;
+    }
+    if (lease_.holder != holder) ++lease_.token;
+    lease_.holder = holder;
+    lease_expires_ = now + ttl;
+  }
+  // The lease as the database has it (held is left false).
+  LeaseState LeaseNow() {
+    LeaseState now{false, lease_.token, lease_.holder,
+                   std::chrono::milliseconds(0)};
+    if (!lease_.holder.empty()) {
+      now.expires_in =
+          std::max(std::chrono::milliseconds(0), lease_expires_ - clock_());
+    }
+    return now;
+  }
+
   std::mutex mu_;
+  std::function<std::chrono::milliseconds()> clock_ = SteadyNow;
+  std::string holder_ = "host fake pid 1 this";
+  LeaseState lease_;  // holder and token; holder empty: nobody
+  std::chrono::milliseconds lease_expires_{0};
+  int lease_takes_ = 0, lease_releases_ = 0;
   std::condition_variable gate_;
   bool hold_commits_ = false;
   bool up_ = true;

@@ -14,6 +14,8 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdint>
 #include <exception>
 #include <string>
 #include <utility>
@@ -23,11 +25,36 @@
 
 namespace boxmeter::testing {
 
-// Migrates `store` and loads its node into `state`, as the collector's start
-// does; either failing fails the test (callers check HasFatalFailure()).
-inline void MigrateAndLoad(PgStore& store, NodeState* state) {
+// How long the leases that tests take for granted last: longer than any
+// test, so that only the tests of the lease itself see one lapse.
+inline constexpr std::chrono::milliseconds kTestLeaseTtl =
+    std::chrono::hours(1);
+
+// The token of a node's first lease: what TakeLease gives the first store to
+// take a fresh node's lease (CommitBatch::lease_token).
+inline constexpr int64_t kFirstLeaseToken = 1;
+
+// Takes `store`'s writer lease for kTestLeaseTtl into `*token`; failing, or
+// finding it held by another store, fails the test.
+inline void TakeLease(Store& store, int64_t* token) {
+  LeaseState lease;
+  Status taken = store.TakeLease(kTestLeaseTtl, &lease);
+  ASSERT_TRUE(taken.ok()) << taken.message();
+  ASSERT_TRUE(lease.held) << "held by " << lease.holder;
+  *token = lease.token;
+}
+
+// Migrates `store`, takes its node's writer lease (into `*lease_token` when
+// given) and loads the node into `state`, as the collector's start does; any
+// step failing fails the test (callers check HasFatalFailure()).
+inline void MigrateAndLoad(PgStore& store, NodeState* state,
+                           int64_t* lease_token = nullptr) {
   Status migrated = store.Migrate();
   ASSERT_TRUE(migrated.ok()) << migrated.message();
+  int64_t token = 0;
+  TakeLease(store, &token);
+  if (::testing::Test::HasFatalFailure()) return;
+  if (lease_token) *lease_token = token;
   Status loaded = store.LoadNode(state);
   ASSERT_TRUE(loaded.ok()) << loaded.message();
 }
