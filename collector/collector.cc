@@ -21,6 +21,10 @@ using std::chrono::steady_clock;
 constexpr milliseconds kMinBackoff{1000};
 constexpr milliseconds kMaxBackoff{30000};
 
+// The shortest writer lease: a takeover after a crash waits at most this
+// long (or three poll intervals, whichever is longer).
+constexpr milliseconds kMinLeaseTtl{3000};
+
 // Retention runs at most this often, and each run stops after the budget
 // (leaving the rest for the next run), so that commits wait at most that
 // long once an hour. At 10,000 rows a batch that is well over the rows
@@ -86,71 +90,71 @@ Collector::~Collector() {
 }
 
 template <typename Result>
-void Collector::OnDatabase(std::function<Result()> work,
+void Collector::OnDatabase(DbWork what, std::function<Result()> work,
                            std::function<void(Result)> then) {
-  database_busy_ = true;
+  db_ = what;
   boost::asio::post(
       db_io_, [this, work = std::move(work), then = std::move(then)]() mutable {
         Result result = work();
         work = nullptr;  // frees what it holds (a batch) before `then` runs
         boost::asio::post(io_, [this, result = std::move(result),
                                 then = std::move(then)]() mutable {
-          database_busy_ = false;
+          db_ = DbWork::kIdle;
           then(std::move(result));
           ReturnFreedMemory();
         });
       });
 }
 
+// ---- Commands ---------------------------------------------------------------
+
 void Collector::Start() {
-  mode_ = Mode::kDaemon;
   LogInfo("node {}: polling {} every {}ms into {}", config_.node,
           config_.source.address, config_.poll.interval.count(),
           RedactUrl(config_.database.url));
-  PrepareDatabase();
   next_poll_ = steady_clock::now();
-  Poll();
+  SchedulePoll();
   ScheduleWatchdog();
+  fetch_wanted_ = fetches_started_ + 1;
+  Advance();
 }
 
 void Collector::StartOnce() {
-  mode_ = Mode::kOnce;
+  ending_ = Ending::kOnce;
+  stop_after_fetch_ = fetches_started_;
+  fetch_wanted_ = fetches_started_ + 1;
   ArmStopDeadline();
-  PrepareDatabase();
+  Advance();
 }
 
 void Collector::Stop() {
-  if (mode_ == Mode::kStopping || mode_ == Mode::kStopped) return;
-  mode_ = Mode::kStopping;
-  LogInfo("stopping: one last poll and commit");
+  if (ending_ == Ending::kStop || phase_ == Phase::kStopped) return;
+  ending_ = Ending::kStop;
+  LogInfo(
+      "stopping: waiting for a commit in flight, then one last poll and "
+      "commit");
   notifier_.Stopping();
   poll_timer_.cancel();
-  retry_timer_.cancel();
+  stop_after_fetch_ = fetches_started_;
+  fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
   ArmStopDeadline();
-  if (!fetch_in_flight_) Poll();
+  Advance();
 }
 
-void Collector::ArmStopDeadline() {
-  // A fetch is bounded by its deadline; a database call by libpq's connect
-  // timeout and the server. Past this, give up rather than hang a shutdown.
-  stop_timer_.expires_after(config_.source.timeout * 3 +
-                            std::chrono::seconds(10));
-  stop_timer_.async_wait([this](boost::system::error_code ec) {
-    if (ec) return;
-    bool once = mode_ == Mode::kOnce;
-    LogError(
-        "gave up waiting for the {} after {}ms; exiting with {} bytes "
-        "not committed",
-        fetch_in_flight_ ? "stats API" : "database",
-        std::chrono::duration_cast<milliseconds>(config_.source.timeout * 3 +
-                                                 std::chrono::seconds(10))
-            .count(),
-        engine_.pending_bytes());
-    std::fflush(stderr);
-    // The database thread may be stuck in a blocking call that cannot be
-    // interrupted; leave without running destructors that would join it.
-    std::_Exit(once ? EX_UNAVAILABLE : 0);
-  });
+void Collector::Flush(FlushDone done) {
+  if (phase_ == Phase::kStopped || ending_ != Ending::kNone) {
+    done(Status::Unavailable("node " + config_.node +
+                             ": the collector is stopping; its stop "
+                             "commits what it counted"));
+    return;
+  }
+  if (phase_ == Phase::kStandby) {
+    done(Status::Unavailable("node " + config_.node + ": " + standby_reason_));
+    return;
+  }
+  waiters_.push_back(Waiter{fetches_started_, 0, std::move(done)});
+  fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
+  Advance();
 }
 
 void Collector::Reload(const Config& config) {
@@ -171,6 +175,8 @@ void Collector::Reload(const Config& config) {
                  std::to_string(config.source.max_message_size));
   restart_needed("database.url", RedactUrl(config_.database.url),
                  RedactUrl(config.database.url));
+  restart_needed("control.socket", config_.control.socket,
+                 config.control.socket);
   bool interval_changed = config.poll.interval != config_.poll.interval;
   config_.poll = config.poll;
   config_.source.timeout = config.source.timeout;
@@ -180,7 +186,7 @@ void Collector::Reload(const Config& config) {
   config_.history = config.history;
   config_.generator = config.generator;
   SetLogLevel(config.log.level);
-  if (interval_changed && mode_ == Mode::kDaemon) {
+  if (interval_changed && ending_ == Ending::kNone) {
     // Count the new interval from now, not from a tick of the old one that
     // may be an hour away.
     next_poll_ = steady_clock::now();
@@ -189,105 +195,228 @@ void Collector::Reload(const Config& config) {
   LogInfo("reloaded {}: poll.interval {}ms, source.timeout {}ms, log.level {}",
           config.path, config_.poll.interval.count(),
           config_.source.timeout.count(), LogLevelName(config_.log.level));
+  Advance();
 }
 
-void Collector::PrepareDatabase() {
-  using Prepared = std::pair<Status, NodeState>;
-  OnDatabase<Prepared>(
-      [this] {
-        NodeState state;
-        Status status = store_.Connect();
-        if (status.ok()) status = store_.Migrate();
-        if (status.ok()) status = store_.LoadNode(&state);
-        return Prepared{status, std::move(state)};
-      },
-      [this](Prepared prepared) {
-        OnDatabasePrepared(prepared.first, std::move(prepared.second));
-      });
+// ---- The state machine ------------------------------------------------------
+
+void Collector::Advance() {
+  if (phase_ == Phase::kStopped) return;
+  AnswerWaiters();
+  AdvanceHooks();
+  bool may_fetch = phase_ == Phase::kLoading || phase_ == Phase::kRunning;
+  if (may_fetch && fetch_in_flight_ == 0 && fetches_started_ < fetch_wanted_) {
+    StartFetch();
+  }
+  if (db_ == DbWork::kIdle) StartDatabaseWork();
+  UpdateStatus();
+  MaybeFinish();
 }
 
-void Collector::OnDatabasePrepared(Status status, NodeState state) {
-  if (!status.ok()) {
-    AfterDatabaseFailure(status);
-    if (mode_ == Mode::kOnce) {
-      Finish(false);
-    } else if (mode_ == Mode::kDaemon) {
-      retry_timer_.expires_after(backoff_);
-      retry_timer_.async_wait([this](boost::system::error_code ec) {
-        if (!ec && mode_ == Mode::kDaemon) PrepareDatabase();
-      });
-    }
-    MaybeFinish();
+void Collector::AnswerWaiters() {
+  // Nothing left to commit: every fetch observed so far is in the database.
+  if (phase_ == Phase::kRunning && commit_ == CommitState::kClean &&
+      !engine_.in_flight() && !engine_.HasPending()) {
+    committed_fetch_ = std::max(committed_fetch_, last_fetch_ok_);
+  }
+  std::erase_if(waiters_, [this](Waiter& waiter) {
+    if (waiter.fetch == 0 || committed_fetch_ < waiter.fetch) return false;
+    waiter.done(Status::Ok());
+    return true;
+  });
+}
+
+void Collector::FailWaiters(const Status& status, bool all) {
+  std::erase_if(waiters_, [&](Waiter& waiter) {
+    // Without `all`: only flushes whose fetch is done, i.e. whose commit
+    // just failed.
+    if (!all && waiter.fetch == 0) return false;
+    waiter.done(status);
+    return true;
+  });
+}
+
+void Collector::AdvanceHooks() {
+  if (phase_ != Phase::kRunning || ending_ != Ending::kNone ||
+      !hooks_.WantsToStart()) {
+    hook_flush_after_ = -1;
     return;
+  }
+  if (hook_flush_after_ < 0) {
+    // A reload of sing-box starts its counters from zero: commit what it
+    // counted up to now first, so the reload costs milliseconds of traffic
+    // and not up to a poll interval.
+    hook_flush_after_ = fetches_started_;
+    fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
+    return;
+  }
+  if (last_fetch_done_ <= hook_flush_after_) return;  // still fetching
+  if (last_fetch_ok_ <= hook_flush_after_) {
+    LogWarn(
+        "could not poll the stats API right before {}; running it anyway "
+        "(what sing-box counted since the last poll is lost at its reload)",
+        "hooks.on_users_changed");
+  } else if (committed_fetch_ <= hook_flush_after_) {
+    return;  // still committing; a failed commit retries
+  }
+  hook_flush_after_ = -1;
+  hooks_.StartNow();
+}
+
+void Collector::StartDatabaseWork() {
+  if (steady_clock::now() < retry_after_) return;  // the retry timer is set
+  switch (phase_) {
+    case Phase::kLoading:
+    case Phase::kStandby:
+      StartLoad();
+      return;
+    case Phase::kRunning:
+      break;
+    case Phase::kStopped:
+      return;
+  }
+  if (commit_ == CommitState::kUnknown) return StartResolve();
+  if (ending_ == Ending::kNone && StartPrune()) return;
+  if (engine_.HasPending()) return StartCommit();
+  if (ending_ == Ending::kNone) {
+    if (StartCheckUsers()) return;
+    if (steady_clock::now() - lease_renewed_ >= LeaseTtl() / 3) StartRenew();
+    return;
+  }
+  bool final_fetch_done = last_fetch_done_ > stop_after_fetch_;
+  if (final_fetch_done && fetch_in_flight_ == 0 && lease_.held) {
+    StartRelease();
+  }
+}
+
+void Collector::MaybeFinish() {
+  if (ending_ == Ending::kNone || phase_ == Phase::kStopped) return;
+  if (fetch_in_flight_ != 0 || db_ != DbWork::kIdle) return;
+  bool final_fetch_done = last_fetch_done_ > stop_after_fetch_;
+  bool final_fetch_ok = last_fetch_ok_ > stop_after_fetch_;
+  switch (phase_) {
+    case Phase::kStandby:
+      // Not the writer: nothing of this collector's is to be committed.
+      return Finish(ending_ == Ending::kOnce ? EX_UNAVAILABLE : 0);
+    case Phase::kLoading:
+      // Nothing observed, nothing to lose; otherwise the database must come
+      // back within the stop budget.
+      if (ending_ == Ending::kStop && final_fetch_done && last_fetch_ok_ == 0) {
+        Finish(0);
+      }
+      return;
+    case Phase::kRunning:
+      if (!final_fetch_done || commit_ != CommitState::kClean ||
+          engine_.HasPending() || lease_.held) {
+        return;
+      }
+      return Finish(ending_ == Ending::kOnce && !final_fetch_ok ? EX_UNAVAILABLE
+                                                                : 0);
+    case Phase::kStopped:
+      return;
+  }
+}
+
+void Collector::Finish(int exit_code) {
+  if (phase_ == Phase::kStopped) return;
+  phase_ = Phase::kStopped;
+  poll_timer_.cancel();
+  retry_timer_.cancel();
+  watchdog_timer_.cancel();
+  stop_timer_.cancel();
+  FailWaiters(
+      Status::Unavailable("node " + config_.node + ": the collector stopped"),
+      true);
+  int64_t pending = engine_.pending_bytes();
+  if (pending > 0) {
+    LogError(
+        "{} bytes counted by sing-box are not committed; sing-box's "
+        "counters still hold them, and the next start commits them from "
+        "the stored baseline unless sing-box restarts first",
+        pending);
+    if (exit_code == 0) exit_code = EX_TEMPFAIL;
+  }
+  exit_code_ = exit_code;
+  io_.stop();
+}
+
+void Collector::EnterRunning(const LeaseState& lease, NodeState state) {
+  if (phase_ == Phase::kStandby) {
+    LogInfo(
+        "took over node {}: its lease lapsed; counting on from the "
+        "node's state in the database",
+        config_.node);
+    engine_ = DeltaEngine();
   }
   database_health_.Up(fmt::format("node {} has {} counters, commit {}",
                                   config_.node, state.baselines.size(),
                                   state.commit_seq));
-  backoff_ = milliseconds(0);
-  retry_after_ = {};
   engine_.Load(state.commit_seq, state.baselines);
-  database_ready_ = true;
-  if (!ready_sent_) {
-    notifier_.Ready();
-    ready_sent_ = true;
-  }
-  UpdateStatus();
-  if (mode_ == Mode::kOnce) {
-    Poll();
-    return;
-  }
-  MaybeCommit();
-  MaybeFinish();
+  lease_ = lease;
+  lease_renewed_ = steady_clock::now();
+  standby_reason_.clear();
+  phase_ = Phase::kRunning;
 }
 
-void Collector::SchedulePoll() {
-  // Drift-free: the next tick is a whole number of intervals after the
-  // first, whatever the fetches cost. Ticks missed while behind are skipped.
-  auto now = steady_clock::now();
-  next_poll_ += config_.poll.interval;
-  if (next_poll_ <= now) {
-    auto behind = now - next_poll_;
-    next_poll_ += (behind / config_.poll.interval + 1) * config_.poll.interval;
+void Collector::EnterStandby(const std::string& why) {
+  if (phase_ == Phase::kRunning) {
+    LogError(
+        "{}; this collector stopped writing for node {}: the {} bytes it "
+        "had not committed are left to the writer that holds the lease",
+        why, config_.node, engine_.pending_bytes());
+    engine_ = DeltaEngine();
+    FailWaiters(Status::Unavailable("node " + config_.node + ": " + why), true);
+  } else if (why != standby_reason_) {
+    LogWarn("{}; this collector commits nothing until that lease lapses", why);
   }
-  poll_timer_.expires_at(next_poll_);
-  poll_timer_.async_wait([this](boost::system::error_code ec) {
-    if (!ec && mode_ == Mode::kDaemon) Poll();
-  });
+  standby_reason_ = why;
+  phase_ = Phase::kStandby;
+  lease_ = {};
+  commit_ = CommitState::kClean;
 }
 
-void Collector::Poll() {
-  if (mode_ == Mode::kDaemon) SchedulePoll();
-  if (mode_ == Mode::kDaemon) {
-    users_checked_ = false;
-    hooks_.Poll();  // retries a failed hook, at most once a poll
-  }
-  if (fetch_in_flight_) {
+// ---- Fetching ---------------------------------------------------------------
+
+void Collector::OnTick() {
+  if (ending_ == Ending::kNone) SchedulePoll();
+  users_checked_ = false;
+  hooks_.Tick();  // a failed hook is retried at most once a poll
+  if (fetch_in_flight_ != 0) {
     LogDebug("the previous fetch is still running; skipping this poll");
-    return;
+  } else if (phase_ != Phase::kStandby) {
+    fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
   }
-  fetch_in_flight_ = true;
-  source_.Fetch(config_.source.timeout,
-                [this](Status status, StatsReply reply) {
-                  boost::asio::post(io_, [this, status = std::move(status),
-                                          reply = std::move(reply)]() mutable {
-                    OnFetched(std::move(status), std::move(reply));
-                    ReturnFreedMemory();
-                  });
-                });
+  Advance();
 }
 
-void Collector::OnFetched(Status status, StatsReply reply) {
-  fetch_in_flight_ = false;
-  if (mode_ == Mode::kOnce || mode_ == Mode::kStopping) {
-    final_fetch_done_ = true;
-  }
+void Collector::StartFetch() {
+  int64_t fetch = ++fetches_started_;
+  fetch_in_flight_ = fetch;
+  source_.Fetch(
+      config_.source.timeout, [this, fetch](Status status, StatsReply reply) {
+        boost::asio::post(io_, [this, fetch, status = std::move(status),
+                                reply = std::move(reply)]() mutable {
+          OnFetched(fetch, std::move(status), std::move(reply));
+          ReturnFreedMemory();
+        });
+      });
+}
+
+void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
+  fetch_in_flight_ = 0;
+  last_fetch_done_ = fetch;
   Snapshot snapshot;
   if (status.ok()) status = MakeSnapshot(reply, &snapshot);
-  last_fetch_ok_ = status.ok();
   if (!status.ok()) {
     source_health_.Down(status.message());
     last_poll_result_ = "stats API: " + status.message();
+    std::erase_if(waiters_, [&](Waiter& waiter) {
+      if (waiter.fetch != 0 || waiter.after_fetch >= fetch) return false;
+      waiter.done(status);
+      return true;
+    });
   } else {
+    last_fetch_ok_ = fetch;
     source_health_.Up(fmt::format("{} counters", snapshot.counters.size()));
     if (snapshot.malformed > 0 && !warned_malformed_) {
       LogWarn(
@@ -309,35 +438,84 @@ void Collector::OnFetched(Status status, StatsReply reply) {
     last_poll_result_ = fmt::format("last poll: {} counters, {} changed",
                                     snapshot.counters.size(), observed.changed);
     LogDebug("{}", last_poll_result_);
+    for (Waiter& waiter : waiters_) {
+      if (waiter.fetch == 0 && waiter.after_fetch < fetch) waiter.fetch = fetch;
+    }
+    if (phase_ == Phase::kRunning && !database_health_.down()) {
+      notifier_.Healthy();
+    }
   }
-  if (last_fetch_ok_ && database_ready_ && !database_health_.down()) {
-    notifier_.Healthy();
-  }
-  MaybeCommit();
-  UpdateStatus();
-  MaybeFinish();
+  Advance();
 }
 
-void Collector::MaybeCommit() {
-  if (!database_ready_ || database_busy_) return;
-  bool finishing = mode_ == Mode::kOnce || mode_ == Mode::kStopping;
-  if (finishing && (!final_fetch_done_ || final_commit_tried_)) return;
-  if (!finishing && steady_clock::now() < retry_after_) return;
-  if (commit_unresolved_) {
-    if (finishing) final_commit_tried_ = true;
-    ResolveUnknownCommit();
-    return;
+// ---- Database work ----------------------------------------------------------
+
+void Collector::StartLoad() {
+  struct Loaded {
+    Status status;
+    LeaseState lease;
+    NodeState state;
+  };
+  std::chrono::milliseconds ttl = LeaseTtl();
+  OnDatabase<Loaded>(
+      DbWork::kLoading,
+      [this, ttl] {
+        Loaded loaded;
+        loaded.status = store_.Connect();
+        if (loaded.status.ok()) loaded.status = store_.Migrate();
+        if (loaded.status.ok()) {
+          loaded.status = store_.TakeLease(ttl, &loaded.lease);
+        }
+        if (loaded.status.ok() && loaded.lease.held) {
+          loaded.status = store_.LoadNode(&loaded.state);
+        }
+        return loaded;
+      },
+      [this](Loaded loaded) {
+        OnLoaded(loaded.status, loaded.lease, std::move(loaded.state));
+      });
+}
+
+void Collector::OnLoaded(Status status, LeaseState lease, NodeState state) {
+  if (!status.ok()) {
+    AfterDatabaseFailure(status);
+    if (ending_ == Ending::kOnce) return Finish(EX_UNAVAILABLE);
+    return Advance();
   }
-  if (MaybePrune()) return;
-  if (!engine_.HasPending()) {
-    CheckUsers();
-    return;
+  if (!ready_sent_) {
+    notifier_.Ready();
+    ready_sent_ = true;
   }
-  if (finishing) final_commit_tried_ = true;
+  backoff_ = milliseconds(0);
+  if (!lease.held) {
+    database_health_.Up("the database answered");
+    EnterStandby(fmt::format(
+        "node {} is written by another collector ({}), whose lease lapses in "
+        "{}ms unless it renews it; is a second collector configured with "
+        "this node name?",
+        config_.node, lease.holder, lease.expires_in.count()));
+    if (ending_ == Ending::kOnce) return Finish(EX_UNAVAILABLE);
+    // Look again when it would lapse, at least once a poll interval.
+    retry_after_ = steady_clock::now() +
+                   std::clamp<milliseconds>(lease.expires_in, milliseconds(100),
+                                            config_.poll.interval);
+    ScheduleRetry();
+    return Advance();
+  }
+  retry_after_ = {};
+  EnterRunning(lease, std::move(state));
+  Advance();
+}
+
+void Collector::StartCommit() {
   auto batch = std::make_shared<CommitBatch>(engine_.Prepare());
-  batch->read_users_fingerprint = mode_ == Mode::kDaemon && hooks_.enabled();
+  batch->read_users_fingerprint = ending_ == Ending::kNone && hooks_.enabled();
+  batch->lease_token = lease_.token;
+  batch->lease_ttl = LeaseTtl();
   size_t rows = batch->rows.size();
+  int64_t fetch = last_fetch_ok_;
   OnDatabase<CommitResult>(
+      DbWork::kCommitting,
       [this, batch] {
         Status status = store_.Connect();
         if (!status.ok()) {
@@ -345,18 +523,22 @@ void Collector::MaybeCommit() {
         }
         return store_.Commit(*batch);
       },
-      [this, rows](CommitResult result) { OnCommitted(result, rows); });
+      [this, rows, fetch](CommitResult result) {
+        OnCommitted(std::move(result), rows, fetch);
+      });
 }
 
-void Collector::OnCommitted(CommitResult result, size_t rows) {
+void Collector::OnCommitted(CommitResult result, size_t rows, int64_t fetch) {
   switch (result.outcome) {
     case CommitOutcome::kApplied:
       engine_.Committed();
+      committed_fetch_ = std::max(committed_fetch_, fetch);
+      lease_renewed_ = steady_clock::now();
       database_health_.Up(fmt::format("committed {} counters", rows));
       backoff_ = milliseconds(0);
       retry_after_ = {};
       LogDebug("committed {} counters (commit {})", rows, engine_.commit_seq());
-      if (mode_ == Mode::kDaemon && !result.users_fingerprint.empty()) {
+      if (ending_ == Ending::kNone && !result.users_fingerprint.empty()) {
         users_checked_ = true;
         hooks_.UsersFingerprint(result.users_fingerprint);
       }
@@ -364,32 +546,115 @@ void Collector::OnCommitted(CommitResult result, size_t rows) {
     case CommitOutcome::kNotApplied:
       engine_.NotCommitted();
       if (result.status.code() == Status::Code::kInvalid) {
-        // The node's commit sequence moved under us: another collector
-        // wrote for this node. Start again from what the database holds.
-        LogError("{}", result.status.message());
-        database_ready_ = false;
-        PrepareDatabase();
-        return;
+        // The commit sequence moved while this collector held the lease:
+        // a writer that does not take leases. Load the node afresh.
+        EnterStandby(result.status.message());
+        break;
       }
       AfterDatabaseFailure(result.status);
+      FailWaiters(result.status, false);
+      if (ending_ == Ending::kOnce) return Finish(EX_UNAVAILABLE);
       break;
     case CommitOutcome::kUnknown:
       LogWarn(
           "the outcome of a commit of {} counters is unknown ({}); "
           "asking the database before committing again",
           rows, result.status.message());
-      commit_unresolved_ = true;
+      commit_ = CommitState::kUnknown;
+      unresolved_fetch_ = fetch;
       AfterDatabaseFailure(result.status);
       break;
+    case CommitOutcome::kLeaseLost:
+      engine_.NotCommitted();
+      EnterStandby(result.status.message());
+      break;
   }
-  if (mode_ == Mode::kDaemon) MaybeCommit();
-  UpdateStatus();
-  MaybeFinish();
+  Advance();
 }
 
-bool Collector::MaybePrune() {
-  // Only a running daemon prunes; --once and shutdown do not wait for it.
-  if (mode_ != Mode::kDaemon) return false;
+void Collector::StartResolve() {
+  using Read = std::pair<Status, int64_t>;
+  OnDatabase<Read>(
+      DbWork::kResolving,
+      [this] {
+        int64_t seq = 0;
+        Status status = store_.Connect();
+        if (status.ok()) status = store_.ReadCommitSeq(&seq);
+        return Read{status, seq};
+      },
+      [this](Read read) { OnResolved(read.first, read.second); });
+}
+
+void Collector::OnResolved(Status status, int64_t seq) {
+  if (!status.ok()) {
+    AfterDatabaseFailure(status);
+    if (ending_ == Ending::kOnce) return Finish(EX_UNAVAILABLE);
+    return Advance();
+  }
+  commit_ = CommitState::kClean;
+  int64_t before = engine_.commit_seq();
+  if (!engine_.Resolve(seq)) {
+    EnterStandby(fmt::format(
+        "node {}: the database's commit sequence is {}, but this collector "
+        "expected {} or {}; another writer committed for this node",
+        config_.node, seq, before, before + 1));
+    return Advance();
+  }
+  bool applied = seq == before + 1;
+  if (applied) committed_fetch_ = std::max(committed_fetch_, unresolved_fetch_);
+  LogInfo("the commit whose outcome was unknown {}",
+          applied ? "did apply" : "did not apply; retrying it");
+  database_health_.Up("commit sequence read");
+  Advance();
+}
+
+void Collector::StartRenew() {
+  using Renewed = std::pair<Status, LeaseState>;
+  std::chrono::milliseconds ttl = LeaseTtl();
+  OnDatabase<Renewed>(
+      DbWork::kRenewing,
+      [this, ttl] {
+        LeaseState lease;
+        Status status = store_.Connect();
+        if (status.ok()) status = store_.TakeLease(ttl, &lease);
+        return Renewed{status, lease};
+      },
+      [this](Renewed renewed) { OnRenewed(renewed.first, renewed.second); });
+}
+
+void Collector::OnRenewed(Status status, LeaseState lease) {
+  if (!status.ok()) {
+    AfterDatabaseFailure(status);
+  } else if (!lease.held) {
+    EnterStandby(fmt::format("node {}'s lease was taken by {}", config_.node,
+                             lease.holder));
+  } else {
+    lease_ = lease;
+    lease_renewed_ = steady_clock::now();
+  }
+  Advance();
+}
+
+void Collector::StartRelease() {
+  int64_t token = lease_.token;
+  OnDatabase<Status>(
+      DbWork::kReleasing,
+      [this, token] {
+        Status status = store_.Connect();
+        if (status.ok()) status = store_.ReleaseLease(token);
+        return status;
+      },
+      [this](Status status) {
+        if (!status.ok()) {
+          LogDebug("could not release the lease ({}); it lapses by itself",
+                   status.message());
+        }
+        lease_.held = false;
+        Advance();
+      });
+}
+
+bool Collector::StartPrune() {
   auto now = steady_clock::now();
   if (next_prune_ == steady_clock::time_point{}) next_prune_ = now;
   if (now < next_prune_) return false;
@@ -402,6 +667,7 @@ bool Collector::MaybePrune() {
   using Pruned = std::pair<Status, PruneResult>;
   std::chrono::hours retention = config_.history.retention;
   OnDatabase<Pruned>(
+      DbWork::kPruning,
       [this, retention] {
         PruneResult result;
         Status status = store_.Connect();
@@ -424,17 +690,17 @@ bool Collector::MaybePrune() {
                   result.deleted, retention.count(),
                   result.done ? "" : "; more are left for the next hour");
         }
-        MaybeCommit();
-        MaybeFinish();
+        Advance();
       });
   return true;
 }
 
-void Collector::CheckUsers() {
-  if (mode_ != Mode::kDaemon || users_checked_ || !hooks_.enabled()) return;
+bool Collector::StartCheckUsers() {
+  if (users_checked_ || !hooks_.enabled()) return false;
   users_checked_ = true;
   using Read = std::pair<Status, std::string>;
   OnDatabase<Read>(
+      DbWork::kCheckingUsers,
       [this] {
         std::string fingerprint;
         Status status = store_.Connect();
@@ -448,79 +714,68 @@ void Collector::CheckUsers() {
         } else {
           database_health_.Down(read.first.message());
         }
-        MaybeCommit();
-        MaybeFinish();
+        Advance();
       });
+  return true;
 }
 
-void Collector::ResolveUnknownCommit() {
-  using Read = std::pair<Status, int64_t>;
-  OnDatabase<Read>(
-      [this] {
-        int64_t seq = 0;
-        Status status = store_.Connect();
-        if (status.ok()) status = store_.ReadCommitSeq(&seq);
-        return Read{status, seq};
-      },
-      [this](Read read) { OnResolved(read.first, read.second); });
-}
-
-void Collector::OnResolved(Status status, int64_t seq) {
-  if (!status.ok()) {
-    AfterDatabaseFailure(status);
-    MaybeFinish();
-    return;
-  }
-  commit_unresolved_ = false;
-  int64_t before = engine_.commit_seq();
-  if (!engine_.Resolve(seq)) {
-    LogError(
-        "node {}: the database's commit sequence is {}, but this "
-        "collector expected {} or {}; is another collector running for "
-        "this node? Reloading the node's state from the database",
-        config_.node, seq, before, before + 1);
-    database_ready_ = false;
-    PrepareDatabase();
-    return;
-  }
-  LogInfo("the commit whose outcome was unknown {}",
-          seq == before + 1 ? "did apply" : "did not apply; retrying it");
-  database_health_.Up("commit sequence read");
-  if (mode_ == Mode::kDaemon) MaybeCommit();
-  MaybeFinish();
-}
+// ---- Timers -----------------------------------------------------------------
 
 void Collector::AfterDatabaseFailure(const Status& status) {
   database_health_.Down(status.message());
   backoff_ = std::clamp(backoff_ * 2, kMinBackoff, kMaxBackoff);
   retry_after_ = steady_clock::now() + backoff_;
+  ScheduleRetry();
 }
 
-void Collector::MaybeFinish() {
-  if (mode_ != Mode::kOnce && mode_ != Mode::kStopping) return;
-  if (fetch_in_flight_ || database_busy_ || !final_fetch_done_) return;
-  bool ok = last_fetch_ok_ && database_ready_ && !commit_unresolved_ &&
-            !engine_.HasPending();
-  Finish(ok);
+void Collector::ScheduleRetry() {
+  retry_timer_.expires_at(retry_after_);
+  retry_timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec) Advance();
+  });
 }
 
-void Collector::Finish(bool ok) {
-  if (mode_ == Mode::kStopped) return;
-  once_ok_ = ok;
-  mode_ = Mode::kStopped;
-  poll_timer_.cancel();
-  retry_timer_.cancel();
-  watchdog_timer_.cancel();
-  stop_timer_.cancel();
-  int64_t pending = engine_.pending_bytes();
-  if (pending > 0) {
-    LogWarn(
-        "{} bytes counted by sing-box are not committed; sing-box's "
-        "counters still hold them, and the next start commits them from "
-        "the stored baseline unless sing-box restarts first",
-        pending);
+void Collector::SchedulePoll() {
+  // Drift-free: the next tick is a whole number of intervals after the
+  // first, whatever the fetches cost. Ticks missed while behind are skipped.
+  auto now = steady_clock::now();
+  next_poll_ += config_.poll.interval;
+  if (next_poll_ <= now) {
+    auto behind = now - next_poll_;
+    next_poll_ += (behind / config_.poll.interval + 1) * config_.poll.interval;
   }
-  io_.stop();
+  poll_timer_.expires_at(next_poll_);
+  poll_timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec && ending_ == Ending::kNone) OnTick();
+  });
+}
+
+std::chrono::milliseconds Collector::StopBudget() const {
+  // A fetch is bounded by its deadline; a database call by libpq's connect
+  // timeout and the server.
+  return config_.source.timeout * 3 + std::chrono::seconds(10);
+}
+
+void Collector::ArmStopDeadline() {
+  stop_timer_.expires_after(StopBudget());
+  stop_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec) return;
+    LogError(
+        "gave up waiting for the {} after {}ms; exiting with {} bytes "
+        "not committed",
+        fetch_in_flight_ != 0 ? "stats API" : "database", StopBudget().count(),
+        engine_.pending_bytes());
+    std::fflush(stderr);
+    // The database thread may be stuck in a blocking call that cannot be
+    // interrupted; leave without running destructors that would join it.
+    std::_Exit(ending_ == Ending::kOnce ? EX_UNAVAILABLE : EX_TEMPFAIL);
+  });
+}
+
+std::chrono::milliseconds Collector::LeaseTtl() const {
+  // Renewed by every commit and, while idle, every third of it; long enough
+  // that a slow commit or a database hiccup does not hand the node over.
+  return std::max<milliseconds>(config_.poll.interval * 3, kMinLeaseTtl);
 }
 
 void Collector::ScheduleWatchdog() {
@@ -530,15 +785,28 @@ void Collector::ScheduleWatchdog() {
   notifier_.Watchdog();
   watchdog_timer_.expires_after(*interval);
   watchdog_timer_.async_wait([this](boost::system::error_code ec) {
-    if (!ec && mode_ != Mode::kStopped) ScheduleWatchdog();
+    if (!ec && phase_ != Phase::kStopped) ScheduleWatchdog();
   });
 }
 
 void Collector::UpdateStatus() {
-  notifier_.Status(fmt::format(
-      "{}; {} counters tracked, {} bytes pending; database {}",
-      last_poll_result_, engine_.size(), engine_.pending_bytes(),
-      database_ready_ && !database_health_.down() ? "ok" : "unavailable"));
+  std::string database;
+  switch (phase_) {
+    case Phase::kLoading:
+      database = "database unavailable";
+      break;
+    case Phase::kStandby:
+      database = "standby: another collector holds this node";
+      break;
+    case Phase::kRunning:
+    case Phase::kStopped:
+      database =
+          database_health_.down() ? "database unavailable" : "database ok";
+      break;
+  }
+  notifier_.Status(fmt::format("{}; {} counters tracked, {} bytes pending; {}",
+                               last_poll_result_, engine_.size(),
+                               engine_.pending_bytes(), database));
 }
 
 }  // namespace boxmeter

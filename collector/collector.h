@@ -5,14 +5,41 @@
 //                                                   │
 //             database worker thread ◄── Commit ◄───┘ (if anything changed)
 //
-// Polls run on a drift-free timer. The fetch completes on a gRPC thread and
-// is posted back to the loop. Store calls run on one worker thread so a slow
-// database never delays a poll; polls that land while a commit is in flight
-// keep adding to pending, and the next commit takes it all.
+// Its life is one state machine. Three fields hold all of its state, each an
+// enum, and one function, Advance(), is the only place that starts work:
 //
-// Nothing here is fatal: an unreachable stats API or database is logged once
-// when it goes away and once when it is back, and retried (the database with
-// a capped backoff) while pending traffic accumulates.
+//   phase_     kLoading ──► kRunning ──► kStopped
+//                  ▲  │        │  ▲
+//                  │  ▼        ▼  │        (lease taken by another writer,
+//               kStandby ◄─────┘  │         or found taken at load)
+//                  └──────────────┘        (the lease lapsed: take it, load)
+//   db_        what the database thread is doing: nothing, loading,
+//              committing, resolving an unknown commit, renewing the lease,
+//              pruning, reading the users fingerprint, releasing the lease
+//   ending_    none, --once, or stopping (SIGTERM/SIGINT)
+//
+// plus the fetch in flight (by number) and the flushes waiting for a commit.
+// Event handlers (a fetch came back, a database call returned, a timer
+// fired, a signal, a flush request) only record what happened and call
+// Advance(), which looks at the whole state and starts what is due. So no
+// completion can be forgotten: whatever finishes, the next step is decided
+// in one place from the state as it is.
+//
+// Guarantees (see docs/design.md for why they make every byte count once):
+// - One writer per node: nothing is committed without the node's lease
+//   (Store::TakeLease). A collector that finds the lease held by another says
+//   who holds it and commits nothing until it lapses; one that loses it stops
+//   writing, drops what it had not committed, and never adopts the other's
+//   state without loading it afresh after a takeover.
+// - A flush (Flush(), the control socket, and before every hook run) is
+//   answered only once a fetch that started after the request is committed.
+// - A stop waits for a commit in flight, fetches once more, and commits until
+//   nothing is pending or the stop budget is spent; ExitCode() then says
+//   whether anything was left uncommitted.
+//
+// Nothing at run time is fatal: an unreachable stats API or database is
+// logged once when it goes away and once when it is back, and retried (the
+// database with a capped backoff) while pending traffic accumulates.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -23,6 +50,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "config.h"
 #include "delta_engine.h"
@@ -56,11 +84,12 @@ class Collector {
   ~Collector();
 
   // Starts the daemon: prepares the database (retrying until it answers),
-  // then polls every poll.interval until Stop.
+  // takes the node's lease, then polls every poll.interval until Stop.
   void Start();
 
-  // SIGTERM/SIGINT: one last poll and commit, each bounded by
-  // source.timeout, then the io_context is stopped.
+  // SIGTERM/SIGINT: waits for a commit in flight, polls once more and
+  // commits until nothing is pending, each step bounded by the stop budget
+  // (3 x source.timeout + 10 s), then stops the io_context.
   void Stop();
 
   // SIGHUP: applies what can change while running (poll interval, timeouts,
@@ -68,41 +97,88 @@ class Collector {
   void Reload(const Config& config);
 
   // --once: prepares the database, polls and commits once, then stops the
-  // io_context. `succeeded()` then tells whether everything worked.
+  // io_context.
   void StartOnce();
-  bool succeeded() const { return once_ok_; }
+
+  // Polls now and commits. `done` is called on the loop exactly once: Ok
+  // once a fetch that started after this call is committed, else an error
+  // saying what failed (the stats API, the database, no lease, stopping).
+  using FlushDone = std::function<void(Status)>;
+  void Flush(FlushDone done);
+
+  // After the io_context stopped: the process's exit status. 0: everything
+  // counted was committed (--once: and the poll worked); EX_UNAVAILABLE
+  // (--once): the stats API or the database failed; EX_TEMPFAIL (stop):
+  // bytes were left uncommitted (logged).
+  int ExitCode() const { return exit_code_; }
+  bool succeeded() const { return exit_code_ == 0; }
 
  private:
-  enum class Mode { kDaemon, kOnce, kStopping, kStopped };
+  enum class Phase { kLoading, kStandby, kRunning, kStopped };
+  enum class DbWork {
+    kIdle,
+    kLoading,
+    kCommitting,
+    kResolving,
+    kRenewing,
+    kPruning,
+    kCheckingUsers,
+    kReleasing,
+  };
+  enum class Ending { kNone, kOnce, kStop };
+  enum class CommitState { kClean, kUnknown };
 
-  void PrepareDatabase();
-  void OnDatabasePrepared(Status status, NodeState state);
-  void SchedulePoll();
-  void Poll();
-  void OnFetched(Status status, StatsReply reply);
-  void MaybeCommit();
-  void OnCommitted(CommitResult result, size_t rows);
-  void ResolveUnknownCommit();
-  // hooks.on_users_changed: on a poll without a commit, reads the users
-  // fingerprint so an operator's change is noticed without traffic.
-  void CheckUsers();
-  // Retention: deletes hourly history older than history.retention, at most
-  // once an hour, when the database thread is free. True when it started.
-  bool MaybePrune();
+  // A flush waiting for its commit: satisfied once a fetch numbered above
+  // `after_fetch` succeeded (then `fetch` is its number) and is committed.
+  struct Waiter {
+    int64_t after_fetch = 0;
+    int64_t fetch = 0;  // 0: no successful fetch for it yet
+    FlushDone done;
+  };
+
+  // The one place that starts work; called after every event.
+  void Advance();
+  void StartFetch();
+  void StartDatabaseWork();
+  void StartLoad();
+  void StartCommit();
+  void StartResolve();
+  void StartRenew();
+  bool StartPrune();
+  bool StartCheckUsers();
+  void StartRelease();
+  // Starts a requested hook run once a flush before it is committed.
+  void AdvanceHooks();
+  void AnswerWaiters();
+  void MaybeFinish();
+
+  // Event handlers: record, then Advance().
+  void OnTick();
+  void OnFetched(int64_t fetch, Status status, StatsReply reply);
+  void OnLoaded(Status status, LeaseState lease, NodeState state);
+  void OnCommitted(CommitResult result, size_t rows, int64_t fetch);
   void OnResolved(Status status, int64_t seq);
+  void OnRenewed(Status status, LeaseState lease);
+
+  // Transitions of phase_.
+  void EnterRunning(const LeaseState& lease, NodeState state);
+  void EnterStandby(const std::string& why);
+  void Finish(int exit_code);
+
   void AfterDatabaseFailure(const Status& status);
+  void FailWaiters(const Status& status, bool all);
+  void SchedulePoll();
+  void ScheduleRetry();
   void ScheduleWatchdog();
   void UpdateStatus();
   void ArmStopDeadline();
-  // In kOnce and kStopping: finishes once the last fetch is done and nothing
-  // is running on the database thread.
-  void MaybeFinish();
-  void Finish(bool ok);
+  std::chrono::milliseconds LeaseTtl() const;
+  std::chrono::milliseconds StopBudget() const;
 
   // Runs `work` on the database thread and `then` with its result on the
-  // loop.
+  // loop; db_ is `what` meanwhile.
   template <typename Result>
-  void OnDatabase(std::function<Result()> work,
+  void OnDatabase(DbWork what, std::function<Result()> work,
                   std::function<void(Result)> then);
 
   boost::asio::io_context& io_;
@@ -112,15 +188,39 @@ class Collector {
   Notifier& notifier_;
   DeltaEngine engine_;
   HookRunner hooks_;
+
+  // The state machine.
+  Phase phase_ = Phase::kLoading;
+  DbWork db_ = DbWork::kIdle;
+  Ending ending_ = Ending::kNone;
+  CommitState commit_ = CommitState::kClean;
+
+  // Fetches are numbered from 1. A fetch is wanted by a poll tick, a flush,
+  // a hook run or the stop; one runs at a time.
+  int64_t fetches_started_ = 0;
+  int64_t fetch_in_flight_ = 0;  // 0: none
+  int64_t fetch_wanted_ = 0;     // a fetch numbered at least this is wanted
+  int64_t last_fetch_ok_ = 0;    // the newest fetch that succeeded
+  int64_t last_fetch_done_ = 0;  // the newest fetch that came back
+  // Every fetch up to this one is in the database.
+  int64_t committed_fetch_ = 0;
+  std::vector<Waiter> waiters_;
+  int64_t stop_after_fetch_ = 0;   // ending_: the final fetch is above this
+  int64_t hook_flush_after_ = -1;  // a hook run waits for this flush
+  int64_t unresolved_fetch_ = 0;   // the fetch of a commit of unknown outcome
+
+  LeaseState lease_;
+  std::chrono::steady_clock::time_point lease_renewed_{};
   bool users_checked_ = false;  // the fingerprint was read in this poll
 
-  Mode mode_ = Mode::kDaemon;
   boost::asio::steady_timer poll_timer_;
   boost::asio::steady_timer retry_timer_;
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer stop_timer_;
   std::chrono::steady_clock::time_point next_poll_;
   std::chrono::steady_clock::time_point next_prune_{};  // {}: not yet set
+  std::chrono::milliseconds backoff_{0};
+  std::chrono::steady_clock::time_point retry_after_{};
 
   // The database worker: its own io_context on one thread.
   boost::asio::io_context db_io_;
@@ -129,18 +229,10 @@ class Collector {
       db_work_;
   std::thread db_thread_;
 
-  bool fetch_in_flight_ = false;
-  bool database_busy_ = false;  // a Store call is running
-  bool commit_unresolved_ = false;
-  bool database_ready_ = false;  // migrated and node loaded
-  std::chrono::milliseconds backoff_{0};
-  std::chrono::steady_clock::time_point retry_after_{};
   bool ready_sent_ = false;
-  bool once_ok_ = false;
-  bool final_fetch_done_ = false;  // kOnce/kStopping: the last fetch is back
-  bool final_commit_tried_ = false;
-  bool last_fetch_ok_ = false;
   bool warned_malformed_ = false;
+  std::string standby_reason_;  // logged once per standby
+  int exit_code_ = 0;
 
   PeerHealth source_health_;
   PeerHealth database_health_;

@@ -13,6 +13,7 @@
 #include "collector.h"
 #include "command_line.h"
 #include "config.h"
+#include "control_socket.h"
 #include "grpc_stats_source.h"
 #include "log.h"
 #include "notifier.h"
@@ -28,6 +29,10 @@ const std::vector<FlagSpec> kFlags = ProgramFlags({
      "poll and commit once, then exit (non-zero when that failed)"},
     {"check-config", false, "validate the config file and exit"},
     {"migrate", false, "apply the database schema and exit"},
+    {"flush", false,
+     "ask the running collector of this config's node to poll and commit "
+     "now; exit 0 once that commit is in the database (run it right before "
+     "reloading sing-box)"},
 });
 
 std::string Usage() {
@@ -37,8 +42,10 @@ std::string Usage() {
          "poll.interval and commits each user's, inbound's and outbound's\n"
          "traffic to PostgreSQL exactly once, through sing-box restarts and\n"
          "reloads, collector crashes and database outages. Runs until SIGTERM\n"
-         "or SIGINT (one last poll and commit, then exit 0); SIGHUP reloads\n"
-         "the config file.\n"
+         "or SIGINT: it waits for a commit in flight, polls once more and\n"
+         "commits, and exits 0 only when nothing is left uncommitted. SIGHUP\n"
+         "reloads the config file. Only one collector writes a node at a\n"
+         "time (a lease in the database); a second one waits as a standby.\n"
          "\n"
          "Options:\n" +
          FormatFlags(kFlags) +
@@ -53,10 +60,29 @@ std::string Usage() {
          "                         container health checks)\n"
          "\n"
          "Exit status:\n"
-         "  0   success (and after SIGTERM/SIGINT)\n"
+         "  0   success; after SIGTERM/SIGINT: everything counted is "
+         "committed\n"
          "  64  bad command line\n"
-         "  69  --once or --migrate: the stats API or database failed\n"
+         "  69  --once, --migrate or --flush: the stats API, the database or\n"
+         "      the running collector failed (the message says which)\n"
+         "  75  stopped with traffic left uncommitted (the log says how much)\n"
          "  78  the config file is missing or invalid\n";
+}
+
+// --flush: the running collector polls and commits now.
+int Flush(const Config& config) {
+  // As long as the collector's own stop may take: a fetch, then a commit.
+  auto timeout = config.source.timeout * 3 + std::chrono::seconds(10);
+  Status status = RequestFlush(config.control.socket, config.node, timeout);
+  if (!status.ok()) {
+    LogError("{}", status.message());
+    return EX_UNAVAILABLE;
+  }
+  LogInfo(
+      "node {}: flushed; everything sing-box counted up to now is "
+      "committed",
+      config.node);
+  return 0;
 }
 
 int Migrate(Store& store) {
@@ -130,6 +156,10 @@ int Main(int argc, char** argv) {
     return 0;
   }
   SetLogLevel(config.log.level);
+  if (cli.Has("flush")) {
+    BlockStopSignals(false);
+    return Flush(config);
+  }
 
   PgStore store(config.database.url, config.node);
   if (cli.Has("migrate")) {
@@ -149,15 +179,22 @@ int Main(int argc, char** argv) {
     BlockStopSignals(false);
     collector.StartOnce();
     io.run();
-    return collector.succeeded() ? 0 : EX_UNAVAILABLE;
+    return collector.ExitCode();
   }
 
   boost::asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
   HandleSignals(signals, collector, config.path);
+  ControlServer control(io, config.control.socket, config.node,
+                        [&collector](Collector::FlushDone done) {
+                          collector.Flush(std::move(done));
+                        });
+  if (Status status = control.Open(); !status.ok()) {
+    LogWarn("{}; --flush cannot reach this collector", status.message());
+  }
   BlockStopSignals(false);
   collector.Start();
   io.run();
-  return 0;
+  return collector.ExitCode();
 }
 
 }  // namespace

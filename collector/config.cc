@@ -454,7 +454,7 @@ class ConfigReader {
   void ReadRoot(const YAML::Node& root, Config* config) {
     Entries top = Keys(root, "",
                        {"node", "source", "database", "poll", "log",
-                        "generator", "hooks", "history"});
+                        "generator", "hooks", "history", "control"});
 
     ReadNode(top, config);
 
@@ -518,6 +518,11 @@ class ConfigReader {
 
     Entries history = Section(top, "history", {"retention"});
     ReadRetention(history, &config->history.retention);
+
+    Entries control = Section(top, "control", {"socket"});
+    ReadPath(control, "control.socket",
+             "the path of the collector's control socket (--flush)",
+             &config->control.socket);
   }
 
   // --- Sections and keys -------------------------------------------------

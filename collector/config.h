@@ -56,6 +56,12 @@ struct Config {
   struct History {
     std::chrono::hours retention{400 * 24};
   } history;
+
+  // The local socket on which the collector takes `--flush` requests. Its
+  // directory must exist (systemd: RuntimeDirectory=boxmeter).
+  struct Control {
+    std::string socket = "/run/boxmeter/collector.sock";
+  } control;
 };
 
 // The process environment, as a map so tests can pass their own.

@@ -21,6 +21,7 @@
 // Pure: no clock, no I/O. Not thread-safe; the poll loop owns it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -57,6 +58,9 @@ struct CommitBatch {
   // Also read the node's users fingerprint in the same transaction (only the
   // hooks need it, and it costs a scan of the node's users).
   bool read_users_fingerprint = false;
+  // The writer lease this commit is fenced by, renewed for lease_ttl.
+  int64_t lease_token = 0;
+  std::chrono::milliseconds lease_ttl{0};
 };
 
 struct ObserveResult {

@@ -78,7 +78,7 @@ void HookRunner::Reload(const Config::Hooks& hooks) {
   bool new_command = hooks.on_users_changed != hooks_.on_users_changed;
   hooks_ = hooks;
   if (new_command && enabled()) {
-    LogInfo("{} changed; running it once on the next poll", kHook);
+    LogInfo("{} changed; running it once now", kHook);
     requested_ = true;
   }
 }
@@ -97,18 +97,16 @@ void HookRunner::UsersFingerprint(const std::string& fingerprint) {
     requested_ = true;
   }
   fingerprint_ = fingerprint;
-  MaybeStart();
 }
 
-void HookRunner::Poll() {
-  ++poll_;
-  MaybeStart();
+void HookRunner::Tick() { ++poll_; }
+
+bool HookRunner::WantsToStart() const {
+  return requested_ && enabled() && !child_ && started_in_poll_ != poll_;
 }
 
-void HookRunner::MaybeStart() {
-  if (!requested_ || !enabled() || child_ || started_in_poll_ == poll_) {
-    return;
-  }
+void HookRunner::StartNow() {
+  if (!WantsToStart()) return;
   started_in_poll_ = poll_;
   requested_ = false;
   Start();

@@ -61,12 +61,20 @@ class HookRunner {
   // otherwise).
   bool enabled() const { return !hooks_.on_users_changed.empty(); }
 
-  // The node's users fingerprint as just read from the database.
+  // The node's users fingerprint as just read from the database. A change
+  // requests a run; it starts when the collector calls StartNow.
   void UsersFingerprint(const std::string& fingerprint);
 
-  // Call once at each poll: starts a requested (or failed) run, if none is
-  // running and none was started since the previous poll.
-  void Poll();
+  // Call once at each poll: a run (or a retry of a failed one) starts at
+  // most once per poll.
+  void Tick();
+
+  // Whether a run is requested and may start now: none is running and none
+  // was started since the previous Tick. The collector flushes first (a run
+  // reloads sing-box, whose counters then start from zero), then calls
+  // StartNow.
+  bool WantsToStart() const;
+  void StartNow();
 
   bool running() const { return child_ != nullptr; }
   bool run_requested() const { return requested_; }
@@ -84,7 +92,6 @@ class HookRunner {
     std::thread waiter;
   };
 
-  void MaybeStart();
   void Start();
   void OnExit(int wait_status);
   // Kills the child's process group unless it already exited.

@@ -13,6 +13,15 @@
 
 namespace boxmeter {
 
+// The node's writer lease (schema/0006_writer_lease.sql): at most one
+// collector commits for a node. `token` fences every commit.
+struct LeaseState {
+  bool held = false;   // this collector holds it
+  int64_t token = 0;   // when held: the fencing token its commits carry
+  std::string holder;  // when not held: who holds it (host, pid)
+  std::chrono::milliseconds expires_in{0};  // when not held: until it lapses
+};
+
 struct NodeState {
   int64_t commit_seq = 0;
   std::vector<Baseline> baselines;
@@ -22,6 +31,7 @@ enum class CommitOutcome {
   kApplied,     // committed: totals, baselines and sequence moved together
   kNotApplied,  // certainly not committed (rolled back or never sent)
   kUnknown,     // the connection failed during COMMIT: ask ReadCommitSeq
+  kLeaseLost,   // not applied: another collector holds the node's lease now
 };
 
 struct CommitResult {
@@ -58,6 +68,15 @@ class Store {
   // sets the baselines, and increments the sequence. A batch whose sequence
   // no longer matches changes nothing and is kNotApplied.
   virtual CommitResult Commit(const CommitBatch& batch) = 0;
+
+  // Takes the node's lease for `ttl` if it is free, lapsed or already ours
+  // (then renews it). Never takes a live lease of another holder: `out`
+  // then says who holds it and for how long.
+  virtual Status TakeLease(std::chrono::milliseconds ttl, LeaseState* out) = 0;
+
+  // Gives the lease up (a clean stop), so the next collector need not wait
+  // for it to lapse.
+  virtual Status ReleaseLease(int64_t token) = 0;
 
   // The node's commit sequence as the database has it now.
   virtual Status ReadCommitSeq(int64_t* seq) = 0;

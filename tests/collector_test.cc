@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
+#include <optional>
 
 #include "fakes/collector_fixture.h"
 #include "fakes/fake_notifier.h"
@@ -144,6 +145,95 @@ TEST_F(CollectorTest, StopPollsAndCommitsOnceMore) {
   io_.run();  // returns once the collector stopped the loop
   EXPECT_EQ(store_.Total(kAlice), (CounterValues{7, 8}));
   EXPECT_EQ(Count("STOPPING=1"), 1);
+}
+
+TEST_F(CollectorTest, StopWaitsForTheCommitInFlightThenCommitsTheFinalPoll) {
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  store_.HoldCommits(true);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.commits() == 1; }));
+  // The commit of the first poll is stuck (a row lock); more traffic comes,
+  // then SIGTERM.
+  source_.Add(CounterKind::kUser, "alice", 1, 2);
+  collector_->Stop();
+  io_.run_for(50ms);
+  store_.HoldCommits(false);
+  io_.run();  // returns once the collector stopped the loop
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{11, 22}));
+  EXPECT_EQ(collector_->ExitCode(), 0);
+}
+
+TEST_F(CollectorTest, StopRetriesAFailedFinalCommit) {
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return Count("READY=1") == 1; }));
+  source_.Add(CounterKind::kUser, "alice", 7, 8);
+  store_.Script({FakeStore::Next::kNotApplied});
+  collector_->Stop();
+  io_.run();
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{7, 8}));
+  EXPECT_EQ(collector_->ExitCode(), 0);
+  EXPECT_EQ(store_.commits(), 2);
+}
+
+TEST_F(CollectorTest, StopRightAfterARestartCountsTheNewInstanceOnce) {
+  source_.Add(CounterKind::kUser, "alice", 100, 100);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] {
+    return store_.Total(kAlice) == CounterValues{100, 100};
+  }));
+  source_.Restart();
+  source_.Add(CounterKind::kUser, "alice", 30, 40);
+  collector_->Stop();
+  io_.run();
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{130, 140}));
+  EXPECT_EQ(collector_->ExitCode(), 0);
+}
+
+TEST_F(CollectorTest, FlushIsAnsweredOnceTrafficBeforeItIsCommitted) {
+  config_.poll.interval = std::chrono::hours(1);  // only the flush polls
+  Create();
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() == 1; }));
+  source_.Add(CounterKind::kUser, "alice", 3, 4);
+  std::optional<Status> answer;
+  collector_->Flush([&](Status status) { answer = status; });
+  ASSERT_TRUE(RunUntil([&] { return answer.has_value(); }));
+  EXPECT_TRUE(answer->ok()) << answer->message();
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{3, 4}))
+      << "the flush answered before its traffic was committed";
+  EXPECT_EQ(source_.fetches(), 2);
+}
+
+TEST_F(CollectorTest, FlushDuringACommitInFlightWaitsForAFetchAfterIt) {
+  config_.poll.interval = std::chrono::hours(1);
+  Create();
+  source_.Add(CounterKind::kUser, "alice", 1, 1);
+  store_.HoldCommits(true);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.commits() == 1; }));
+  source_.Add(CounterKind::kUser, "alice", 5, 5);
+  std::optional<Status> answer;
+  collector_->Flush([&](Status status) { answer = status; });
+  io_.run_for(50ms);
+  EXPECT_FALSE(answer.has_value()) << "answered while its commit was held";
+  store_.HoldCommits(false);
+  ASSERT_TRUE(RunUntil([&] { return answer.has_value(); }));
+  EXPECT_TRUE(answer->ok()) << answer->message();
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{6, 6}));
+}
+
+TEST_F(CollectorTest, FlushFailsWhenTheStatsApiFails) {
+  config_.poll.interval = std::chrono::hours(1);
+  Create();
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() == 1; }));
+  source_.Fail(Status::Unavailable("sing-box is gone"));
+  std::optional<Status> answer;
+  collector_->Flush([&](Status status) { answer = status; });
+  ASSERT_TRUE(RunUntil([&] { return answer.has_value(); }));
+  EXPECT_FALSE(answer->ok());
+  EXPECT_NE(answer->message().find("sing-box is gone"), std::string::npos)
+      << answer->message();
 }
 
 TEST_F(CollectorTest, StatusLinesDescribeThePoll) {

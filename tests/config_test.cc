@@ -300,7 +300,7 @@ TEST_F(ConfigTest, UnknownTopLevelKeyListsTheKnownOnes) {
   EXPECT_EQ(error, At(5) +
                        "pol: unknown key (did you mean poll?); the known keys "
                        "at the top level are: node, source, database, poll, "
-                       "log, generator, hooks, history");
+                       "log, generator, hooks, history, control");
 }
 
 TEST_F(ConfigTest, UnknownNestedKeyListsTheSectionsKeys) {

@@ -61,23 +61,29 @@ class HookRunnerTest : public ::testing::Test {
 
 TEST_F(HookRunnerTest, FirstFingerprintRunsOnceThenOnlyChangesRun) {
   auto runner = Runner(hook_.Command());
-  runner->Poll();
+  runner->Tick();
+  runner->StartNow();
   EXPECT_EQ(runner->runs_started(), 0) << "nothing happens before a "
                                           "fingerprint is known";
   runner->UsersFingerprint("a");
+  runner->StartNow();
   EXPECT_TRUE(runner->running());
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(hook_.Runs(), 1);
 
   for (int i = 0; i < 3; ++i) {
-    runner->Poll();
+    runner->Tick();
+    runner->StartNow();
     runner->UsersFingerprint("a");
+    runner->StartNow();
   }
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(hook_.Runs(), 1) << "an unchanged fingerprint runs nothing";
 
-  runner->Poll();
+  runner->Tick();
+  runner->StartNow();
   runner->UsersFingerprint("b");
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(hook_.Runs(), 2);
   EXPECT_EQ(runner->runs_failed(), 0);
@@ -86,12 +92,16 @@ TEST_F(HookRunnerTest, FirstFingerprintRunsOnceThenOnlyChangesRun) {
 TEST_F(HookRunnerTest, AtMostOneStartPerPoll) {
   auto runner = Runner(hook_.Command());
   runner->UsersFingerprint("a");
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   runner->UsersFingerprint("b");  // same poll: waits for the next one
+  runner->StartNow();
   EXPECT_FALSE(runner->running());
   EXPECT_TRUE(runner->run_requested());
   runner->UsersFingerprint("c");
-  runner->Poll();
+  runner->StartNow();
+  runner->Tick();
+  runner->StartNow();
   EXPECT_TRUE(runner->running());
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(hook_.Runs(), 2) << "b and c were folded into one run";
@@ -104,14 +114,18 @@ TEST_F(HookRunnerTest, ChangeDuringARunRunsAgainOnTheNextPoll) {
   auto runner = Runner(
       hook_.Command("; while [ ! -e '" + gate + "' ]; do sleep 0.01; done"));
   runner->UsersFingerprint("a");
+  runner->StartNow();
   ASSERT_TRUE(runner->running());
-  runner->Poll();
+  runner->Tick();
+  runner->StartNow();
   runner->UsersFingerprint("b");
+  runner->StartNow();
   EXPECT_EQ(runner->runs_started(), 1) << "one run at a time";
   std::ofstream(gate) << "open";
   ASSERT_TRUE(Settle(*runner));
   EXPECT_TRUE(runner->run_requested());
-  runner->Poll();
+  runner->Tick();
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(runner->runs_started(), 2);
   EXPECT_EQ(hook_.Runs(), 2);
@@ -121,21 +135,25 @@ TEST_F(HookRunnerTest, FailingHookIsRetriedOnEveryPollUntilItSucceeds) {
   std::string fixed = dir_.path() + "/fixed";
   auto runner = Runner(hook_.Command("; [ -e '" + fixed + "' ] || exit 3"));
   runner->UsersFingerprint("a");
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(runner->runs_failed(), 1);
   EXPECT_TRUE(runner->run_requested());
   for (int poll = 0; poll < 3; ++poll) {
-    runner->Poll();
+    runner->Tick();
+    runner->StartNow();
     ASSERT_TRUE(Settle(*runner));
   }
   EXPECT_EQ(hook_.Runs(), 4);
   EXPECT_EQ(runner->runs_failed(), 4);
   std::ofstream(fixed) << "fixed";
-  runner->Poll();
+  runner->Tick();
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(runner->runs_failed(), 4);
   EXPECT_FALSE(runner->run_requested());
-  runner->Poll();
+  runner->Tick();
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(hook_.Runs(), 5) << "no more runs once it succeeded";
 }
@@ -154,6 +172,7 @@ TEST_F(HookRunnerTest, HookPastItsTimeoutIsKilledWithItsChildren) {
   auto runner = Runner("sleep 60 & echo $! > '" + pid_file + "'; wait", 300ms);
   auto start = std::chrono::steady_clock::now();
   runner->UsersFingerprint("a");
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
   EXPECT_EQ(runner->runs_failed(), 1);
@@ -173,6 +192,7 @@ TEST_F(HookRunnerTest, CommandRunsAsConfiguredWithTheConfigPathInItsEnv) {
       "\"$(cat)\" > '" +
       out + "'");
   runner->UsersFingerprint("a");
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(ReadFile(out), "/etc/boxmeter/test config.yaml|0|")
       << "BOXMETER_CONFIG is the config path, no arguments, empty stdin";
@@ -183,13 +203,16 @@ TEST_F(HookRunnerTest, NoCommandRunsNothingUntilOneIsConfigured) {
   auto runner = Runner("");
   EXPECT_FALSE(runner->enabled());
   runner->UsersFingerprint("a");
-  runner->Poll();
+  runner->StartNow();
+  runner->Tick();
+  runner->StartNow();
   EXPECT_FALSE(runner->running());
   EXPECT_EQ(runner->runs_started(), 0);
 
   runner->Reload({.on_users_changed = hook_.Command(), .timeout = 10s});
   EXPECT_TRUE(runner->enabled());
-  runner->Poll();
+  runner->Tick();
+  runner->StartNow();
   ASSERT_TRUE(Settle(*runner));
   EXPECT_EQ(hook_.Runs(), 1) << "a newly configured hook runs once";
 }
@@ -198,6 +221,7 @@ TEST_F(HookRunnerTest, DestroyingTheRunnerKillsARunningHook) {
   std::string pid_file = dir_.path() + "/pid";
   auto runner = Runner("echo $$ > '" + pid_file + "'; sleep 60");
   runner->UsersFingerprint("a");
+  runner->StartNow();
   ASSERT_TRUE(LoopUntil([&] { return !ReadFile(pid_file).empty(); }));
   pid_t pid = std::stoi(ReadFile(pid_file));
   auto start = std::chrono::steady_clock::now();

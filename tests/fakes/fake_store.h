@@ -3,6 +3,7 @@
 // the collector calls it from its database thread while tests inspect it.
 #pragma once
 
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -42,8 +43,10 @@ class FakeStore : public Store {
     return Status::Ok();
   }
   CommitResult Commit(const CommitBatch& batch) override {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     ++commits_;
+    // Held: the commit is "in flight" until the test releases it.
+    gate_.wait(lock, [this] { return !hold_commits_; });
     if (!up_) {
       return {CommitOutcome::kNotApplied,
               Status::Unavailable("fake database is down")};
@@ -76,6 +79,15 @@ class FakeStore : public Store {
     }
     return {CommitOutcome::kUnknown, Status::Unavailable("fake: lost reply")};
   }
+  // TEMPSTUB
+  Status TakeLease(std::chrono::milliseconds, LeaseState* out) override {
+    std::lock_guard lock(mu_);
+    if (!up_) return Status::Unavailable("fake database is down");
+    out->held = true;
+    out->token = 1;
+    return Status::Ok();
+  }
+  Status ReleaseLease(int64_t) override { return Status::Ok(); }
   Status ReadCommitSeq(int64_t* seq) override {
     std::lock_guard lock(mu_);
     if (!up_) return Status::Unavailable("fake database is down");
@@ -99,6 +111,16 @@ class FakeStore : public Store {
     if (!up_) return Status::Unavailable("fake database is down");
     *out = PruneResult{};
     return Status::Ok();
+  }
+
+  // While held, Commit blocks (on the collector's database thread) after
+  // counting itself in commits(), as a commit waiting on a row lock would.
+  void HoldCommits(bool hold) {
+    {
+      std::lock_guard lock(mu_);
+      hold_commits_ = hold;
+    }
+    gate_.notify_all();
   }
 
   void SetUp(bool up) {
@@ -149,6 +171,8 @@ class FakeStore : public Store {
 
  private:
   std::mutex mu_;
+  std::condition_variable gate_;
+  bool hold_commits_ = false;
   bool up_ = true;
   std::deque<Next> script_;
   std::map<CounterKey, Row> rows_;
