@@ -220,10 +220,10 @@ buildah run --isolation chroot --network host --user 10002:10002 \
   /usr/local/bin/sing-box-reloader /usr/local/bin/sing-box \
   -D /var/lib/sing-box -c /etc/sing-box/config.json run >"$work/sing-box.log" 2>&1 &
 pids+=($!)
-wait_for 30 "sing-box-reloader writes its pid" test -s "$vol/sing-box-tmp/reloader.pid"
+wait_for 90 "sing-box-reloader writes its pid" test -s "$vol/sing-box-tmp/reloader.pid"
 inner_pids+=("$(cat "$vol/sing-box-tmp/reloader.pid")")
 loads() { grep -c "^loaded" "$vol/sing-box-state/loads" 2>/dev/null || true; }
-wait_for 20 "the stand-in sing-box read the config" test "$(loads)" = 1
+wait_for 90 "the stand-in sing-box read the config" is loads 1
 
 step "start the collector as compose's collector service (uid 10001, its own login)"
 collector_env=(
@@ -235,7 +235,7 @@ run_boxmeter "${collector_env[@]}" -- /bin/sh -c 'echo $$ >/tmp/collector.pid; e
   >"$work/collector.log" 2>&1 &
 collector_runner=$!
 pids+=("$collector_runner")
-wait_for 30 "the collector writes its pid" test -s "$vol/boxmeter-tmp/collector.pid"
+wait_for 90 "the collector writes its pid" test -s "$vol/boxmeter-tmp/collector.pid"
 collector=$(cat "$vol/boxmeter-tmp/collector.pid")
 inner_pids+=("$collector")
 [ "$(awk '/^Uid:/ {print $2}' "/proc/$collector/status")" = 10001 ] || fail "the collector's uid is not 10001"
@@ -246,19 +246,19 @@ healthcheck() {
     /usr/local/bin/boxmeter-healthcheck
 }
 step "boxmeter-healthcheck: healthy once a poll reached both v2ray-core and PostgreSQL"
-wait_for 30 "boxmeter-healthcheck reports healthy" healthcheck >/dev/null
+wait_for 90 "boxmeter-healthcheck reports healthy" healthcheck >/dev/null
 
 step "real traffic: the database's totals equal v2ray-core's counters"
 traffic alice a
 traffic alice a
-wait_for 30 "the database's totals for alice equal v2ray-core's" totals_match alice
+wait_for 90 "the database's totals for alice equal v2ray-core's" totals_match alice
 echo "image-test: alice: $(sql -c "SELECT uplink || ' up, ' || downlink || ' down' FROM user_traffic WHERE name = 'alice'"), as v2ray-core counted"
 
 step "boxmeter-regenerate: a new user changes the config once, and sing-box gets one SIGHUP"
 [ "$(loads)" = 1 ] || fail "sing-box was reloaded although the config had not changed"
 sql -c "SELECT add_user('bob', uuid => '66666666-2222-3333-4444-555555555555');
         SELECT link_user('bob', 'edge-1', 'socks-in');" >/dev/null
-wait_for 30 "sing-box reloaded with bob in its config" test "$(loads)" = 2
+wait_for 90 "sing-box reloaded with bob in its config" is loads 2
 grep -q '"bob"' "$config" || fail "bob is not in the regenerated config"
 [ "$(stat -c '%u %g %a' "$config")" = "10001 10002 640" ] || fail "the regenerated config's owner or mode"
 grep -q "sent SIGHUP" "$work/sing-box.log" || fail "sing-box-reloader did not log its SIGHUP"
@@ -304,13 +304,13 @@ rm -f "$vol/boxmeter-tmp/collector.pid" "$vol/boxmeter-tmp/boxmeter-healthy"
 run_boxmeter "${collector_env[@]}" -- /bin/sh -c \
   'echo $$ >/tmp/collector.pid; exec /usr/bin/boxmeter-collector' >>"$work/collector.log" 2>&1 &
 pids+=($!)
-wait_for 30 "the collector writes its pid" test -s "$vol/boxmeter-tmp/collector.pid"
+wait_for 90 "the collector writes its pid" test -s "$vol/boxmeter-tmp/collector.pid"
 inner_pids+=("$(cat "$vol/boxmeter-tmp/collector.pid")")
-wait_for 30 "healthy again after the restart" healthcheck >/dev/null
+wait_for 90 "healthy again after the restart" healthcheck >/dev/null
 stop_pg
 traffic alice a  # with nothing to commit, an idle collector would not notice
 unhealthy() { ! healthcheck >/dev/null 2>&1; }
-wait_for 30 "boxmeter-healthcheck reports unhealthy" unhealthy
+wait_for 90 "boxmeter-healthcheck reports unhealthy" unhealthy
 echo "image-test: unhealthy: $(healthcheck 2>&1 || true)"
 start_pg
 

@@ -21,6 +21,10 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# is FUNCTION VALUE: FUNCTION prints VALUE (for wait_for, which runs its
+# command again each time: a "$(...)" argument would be expanded only once).
+is() { [ "$("$1")" = "$2" ]; }
+
 # wait_for SECONDS DESCRIPTION COMMAND...: runs COMMAND every 0.2 s until it
 # succeeds; fails with DESCRIPTION after SECONDS.
 wait_for() {
