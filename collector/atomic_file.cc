@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -27,26 +28,79 @@ std::string BaseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// `path`, or the file it points to when it is a symbolic link.
-std::string Target(const std::string& path) {
-  struct stat st;
-  if (lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
-  char resolved[PATH_MAX];
-  if (realpath(path.c_str(), resolved) != nullptr) return resolved;
-  // A dangling link: write where it points.
-  std::vector<char> link(PATH_MAX);
-  ssize_t n = readlink(path.c_str(), link.data(), link.size() - 1);
-  if (n <= 0) return path;
-  std::string target(link.data(), static_cast<size_t>(n));
-  if (target.front() == '/') return target;
-  return DirectoryOf(path) + "/" + target;
+// Whether a link owned by `uid` in a directory like `dir` can only have
+// been put there by someone this process trusts: root or itself.
+bool Trusted(uid_t uid) { return uid == 0 || uid == geteuid(); }
+
+// Why the link at `link` may not be followed, or "" when it may: it and its
+// directory must belong to root or this user, and nobody else may write the
+// directory (otherwise another user could have planted or could swap it).
+std::string UntrustedLink(const std::string& link, const struct stat& st) {
+  const std::string dir = DirectoryOf(link);
+  struct stat dir_st;
+  if (stat(dir.c_str(), &dir_st) != 0) {
+    return "its directory " + dir + " cannot be examined (" + Errno(errno) +
+           ")";
+  }
+  if (!Trusted(st.st_uid)) {
+    return "the link belongs to uid " + std::to_string(st.st_uid);
+  }
+  if (!Trusted(dir_st.st_uid)) {
+    return "its directory " + dir + " belongs to uid " +
+           std::to_string(dir_st.st_uid);
+  }
+  if ((dir_st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", dir_st.st_mode & 07777);
+    return "its directory " + dir + " is writable by others (mode " + mode +
+           ")";
+  }
+  return "";
+}
+
+// Where writing `path` lands: `path` itself, or, when it is a symbolic link
+// (dangling or not, possibly to further links), the file at the end of the
+// chain, each link checked with UntrustedLink first.
+Status Target(const std::string& path, std::string* target) {
+  std::string current = path;
+  for (int hops = 0; hops < 40; ++hops) {
+    struct stat st;
+    if (lstat(current.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) {
+      *target = current;
+      return Status::Ok();
+    }
+    if (std::string why = UntrustedLink(current, st); !why.empty()) {
+      return Status::Error(
+          "refusing to write " + path + ": " + current +
+          " is a symbolic link and " + why +
+          "; boxmeter-gen writes through a link only when the link and its "
+          "directory belong to root or to this user (uid " +
+          std::to_string(geteuid()) +
+          ") and nobody else may write the directory, so that no other "
+          "user can redirect the write; point generator.output at the real "
+          "file, or make the directory root's and not group- or "
+          "world-writable");
+    }
+    std::vector<char> link(PATH_MAX);
+    ssize_t n = readlink(current.c_str(), link.data(), link.size() - 1);
+    if (n <= 0) {
+      return Status::Error("cannot write " + path + ": cannot read the link " +
+                           current + " (" + Errno(errno) + ")");
+    }
+    std::string next(link.data(), static_cast<size_t>(n));
+    current = next.front() == '/' ? next : DirectoryOf(current) + "/" + next;
+  }
+  return Status::Error("cannot write " + path +
+                       ": more than 40 symbolic links in a row; point "
+                       "generator.output at the real file");
 }
 
 }  // namespace
 
 Status WriteFileAtomically(const std::string& path, std::string_view content,
                            mode_t mode) {
-  const std::string target = Target(path);
+  std::string target;
+  if (Status status = Target(path, &target); !status.ok()) return status;
   const std::string dir = DirectoryOf(target);
   std::string temp = dir + "/." + BaseName(target) + ".tmp-XXXXXX";
   int fd = mkstemp(temp.data());

@@ -5,8 +5,15 @@
 // cannot cross file systems), which is given `mode`, written, fsync'ed and
 // renamed over the target; then the directory is fsync'ed so the rename
 // survives a crash. On any failure the temporary file is removed and the
-// target is untouched. A symbolic link at `path` is followed: the file it
-// points to is replaced and the link stays.
+// target is untouched.
+//
+// A symbolic link at `path` (dangling or not) is followed, the file it
+// points to replaced and the link kept, only when every link on the way
+// belongs to root or to this process's user and sits in a directory that
+// belongs to one of them and that nobody else may write; otherwise the
+// write is refused (an error naming the link and why) and nothing is
+// touched, so that a root boxmeter-gen cannot be made to write a file
+// another user chose.
 #pragma once
 
 #include <sys/types.h>

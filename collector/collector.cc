@@ -351,7 +351,7 @@ void Collector::EnterRunning(const LeaseState& lease, NodeState state) {
   database_health_.Up(fmt::format("node {} has {} counters, commit {}",
                                   config_.node, state.baselines.size(),
                                   state.commit_seq));
-  engine_.Load(state.commit_seq, state.baselines);
+  engine_.Load(state.commit_seq, state.instance, state.baselines);
   lease_ = lease;
   lease_renewed_ = steady_clock::now();
   standby_reason_.clear();

@@ -19,7 +19,6 @@
 #include "notifier.h"
 #include "pg_store.h"
 #include "program.h"
-#include "stable_clock.h"
 
 namespace boxmeter {
 namespace {
@@ -52,7 +51,11 @@ std::string Usage() {
          "\n"
          "Environment:\n"
          "  BOXMETER_CONFIG        the config file, unless --config is given\n"
-         "  BOXMETER_DATABASE_URL  overrides database.url\n"
+         "  BOXMETER_DATABASE_URL  overrides database.url(_file)\n"
+         "  BOXMETER_DATABASE_URL_FILE\n"
+         "                         a file holding the URL; overrides\n"
+         "                         database.url(_file)\n"
+         "  CREDENTIALS_DIRECTORY  where a relative *_file path is looked up\n"
          "  PG* and ~/.pgpass      as libpq reads them\n"
          "  NOTIFY_SOCKET          systemd readiness, status and watchdog\n"
          "  BOXMETER_HEALTH_FILE   touched after every poll that reached both\n"
@@ -167,9 +170,7 @@ int Main(int argc, char** argv) {
     return Migrate(store);
   }
 
-  StableClock clock;
-  GrpcStatsSource source(config.source.address, config.source.max_message_size,
-                         [&clock] { return clock.NowMs(); });
+  GrpcStatsSource source(config.source.address, config.source.max_message_size);
   const char* health_file = std::getenv("BOXMETER_HEALTH_FILE");
   SystemdNotifier notifier(health_file ? health_file : "");
   boost::asio::io_context io;

@@ -29,6 +29,8 @@
 #include <sstream>
 #include <utility>
 
+#include "pg_connection_defaults.h"  // PercentDecoded
+#include "safe_text.h"
 #include "utf8.h"
 
 extern char** environ;
@@ -39,7 +41,15 @@ namespace {
 using std::chrono::milliseconds;
 
 constexpr std::string_view kDatabaseUrlVariable = "BOXMETER_DATABASE_URL";
+constexpr std::string_view kGeneratorDatabaseUrlVariable =
+    "BOXMETER_GENERATOR_DATABASE_URL";
 constexpr std::string_view kConfigVariable = "BOXMETER_CONFIG";
+// Where systemd puts the files of LoadCredential= and SetCredential=.
+constexpr std::string_view kCredentialsVariable = "CREDENTIALS_DIRECTORY";
+
+// A connection string with a long password and every option is a few hundred
+// bytes; the cap keeps a wrong path from being slurped.
+constexpr size_t kMaxSecretFileSize = 64 * 1024;
 
 // A config file is a few dozen lines. Anything larger is almost certainly the
 // wrong file, and the cap keeps /dev/zero or a log file from being slurped.
@@ -148,32 +158,7 @@ bool HasControlCharacter(std::string_view text) {
 // long values shortened, in double quotes.
 std::string Quote(std::string_view value) {
   constexpr size_t kMaxShown = 100;
-  std::string redacted = RedactUrl(value);
-  std::string out = "\"";
-  size_t shown = 0;
-  for (char c : redacted) {
-    auto u = static_cast<unsigned char>(c);
-    // Cut at a character boundary (not before a UTF-8 continuation byte).
-    if (shown >= kMaxShown && (u & 0xC0) != 0x80) {
-      out += "...";
-      break;
-    }
-    ++shown;
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (u < 0x20 || u == 0x7f) {
-      out += fmt::format("\\x{:02x}", u);
-    } else {
-      out += c;
-    }
-  }
-  out += '"';
-  return out;
+  return QuotedText(RedactUrl(value), kMaxShown);
 }
 
 // A key as written when it is a plain name, else quoted and escaped.
@@ -250,8 +235,25 @@ std::string TextProblem(std::string_view data) {
   return "";
 }
 
-// Reads at most kMaxFileSize + 1 bytes, so an oversized file is detected
-// without reading all of it.
+// Reads at most `max` + 1 bytes of `fd` into `data` (so an oversized file is
+// detected without reading all of it) and closes it. Returns 0 or errno.
+int ReadBounded(int fd, size_t max, std::string* data) {
+  char buffer[16384];
+  int error = 0;
+  while (data->size() <= max) {
+    ssize_t n = read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      error = errno;
+      break;
+    }
+    if (n == 0) break;
+    data->append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  return error;
+}
+
 bool ReadConfigFile(const std::string& path, std::string* data,
                     std::string* problem) {
   auto cannot_read = [&](int error) {
@@ -263,24 +265,46 @@ bool ReadConfigFile(const std::string& path, std::string* data,
   };
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return cannot_read(errno);
-  char buffer[16384];
-  while (data->size() <= kMaxFileSize) {
-    ssize_t n = read(fd, buffer, sizeof buffer);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int error = errno;
-      close(fd);
-      return cannot_read(error);
-    }
-    if (n == 0) break;
-    data->append(buffer, static_cast<size_t>(n));
+  if (int error = ReadBounded(fd, kMaxFileSize, data)) {
+    return cannot_read(error);
   }
-  close(fd);
   if (data->size() > kMaxFileSize) {
     *problem = fmt::format(
         "is larger than {} KiB; a config file is a few dozen lines (is this "
         "the right file?)",
         kMaxFileSize / 1024);
+    return false;
+  }
+  return true;
+}
+
+// A secret file: only a regular file (opened without blocking, so a FIFO
+// planted at the path cannot stall the start), of at most
+// kMaxSecretFileSize bytes. Symbolic links are followed: Kubernetes mounts
+// secrets as links into a ..data directory. `problem` completes a sentence
+// that starts with the path.
+bool ReadSecretFile(const std::string& path, std::string* data,
+                    std::string* problem) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    *problem = fmt::format("cannot be read: {}", std::strerror(errno));
+    return false;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    *problem = "is not a regular file";
+    return false;
+  }
+  if (int error = ReadBounded(fd, kMaxSecretFileSize, data)) {
+    *problem = fmt::format("cannot be read: {}", std::strerror(error));
+    return false;
+  }
+  if (data->size() > kMaxSecretFileSize) {
+    *problem = fmt::format(
+        "is larger than {} KiB, too large for a "
+        "connection string",
+        kMaxSecretFileSize / 1024);
     return false;
   }
   return true;
@@ -383,9 +407,9 @@ void CheckDocumentsEnd(const std::string& data) {
 
 class ConfigReader {
  public:
-  ConfigReader(const std::string& path, const Environment& env,
+  ConfigReader(const std::string& path, const Environment& env, ConfigUser user,
                std::vector<std::string>* errors)
-      : path_(path), env_(env), errors_(errors) {}
+      : path_(path), env_(env), user_(user), errors_(errors) {}
 
   bool Read(Config* out) {
     size_t errors_before = errors_->size();
@@ -472,8 +496,21 @@ class ConfigReader {
     ReadByteSize(source, "source.max_message_size",
                  &config->source.max_message_size);
 
-    Entries database = Section(top, "database", {"url"});
-    ReadDatabaseUrl(top, database, &config->database.url);
+    // boxmeter-gen reads the collector's login only when it has none of
+    // its own; the collector never reads boxmeter-gen's file.
+    bool as_generator = user_ == ConfigUser::kGenerator;
+    bool use_database =
+        !as_generator || !AnyUrlSet(top, "generator", kGeneratorUrl);
+    Entries database = Section(top, "database", {"url", "url_file"});
+    if (!ReadUrl(database, kDatabaseUrl, use_database, &config->database.url,
+                 &config->database.url_file) &&
+        use_database) {
+      Missing(top, "database", "database.url",
+              fmt::format("set it to {}, or set database.url_file to a file "
+                          "holding it, or set {} or {} in the environment",
+                          kUrlExpected, kDatabaseUrl.variable,
+                          kDatabaseUrl.file_variable));
+    }
 
     Entries poll = Section(top, "poll", {"interval"});
     ReadDuration(poll, "poll.interval", kMinPollInterval,
@@ -492,8 +529,12 @@ class ConfigReader {
       }
     }
 
-    Entries generator =
-        Section(top, "generator", {"template", "output", "stats_outbounds"});
+    Entries generator = Section(top, "generator",
+                                {"template", "output", "stats_outbounds",
+                                 "database_url", "database_url_file"});
+    ReadUrl(generator, kGeneratorUrl, as_generator,
+            &config->generator.database_url,
+            &config->generator.database_url_file);
     ReadPath(generator, "generator.template",
              "the path of sing-box's base config template",
              &config->generator.template_path);
@@ -764,45 +805,167 @@ class ConfigReader {
     }
   }
 
-  // $BOXMETER_DATABASE_URL wins over database.url. An empty variable counts
-  // as unset: `BOXMETER_DATABASE_URL=` in a unit or compose file should not
-  // silently replace the file's URL with nothing.
-  void ReadDatabaseUrl(const Entries& top, const Entries& database,
-                       std::string* out) {
-    constexpr std::string_view kExpected =
-        "a PostgreSQL URL like postgresql://boxmeter@localhost/boxmeter, or "
-        "key=value pairs like \"host=localhost dbname=boxmeter\"";
-    std::optional<std::string> from_file;
-    const Entry* e = Find(database, "url");
-    // The file's value is checked even when the environment overrides it:
-    // --check-config should catch a broken file before the variable goes.
-    if (e) from_file = String(*e, "database.url", kExpected);
-    auto env = env_.find(std::string(kDatabaseUrlVariable));
-    if (env != env_.end() && !env->second.empty()) {
-      if (!LooksLikeConnectionString(env->second)) {
+  // Where one login's connection string may come from, first to last: an
+  // environment variable, a file named by an environment variable, a key
+  // holding the string or a key naming a file (not both). An empty variable
+  // counts as unset: `BOXMETER_DATABASE_URL=` in a unit or compose file should
+  // not silently replace the file's URL with nothing.
+  struct UrlSources {
+    std::string_view url_key;   // "database.url"
+    std::string_view file_key;  // "database.url_file"
+    std::string_view variable;
+    std::string_view file_variable;
+  };
+
+  static constexpr UrlSources kDatabaseUrl{"database.url", "database.url_file",
+                                           kDatabaseUrlVariable,
+                                           "BOXMETER_DATABASE_URL_FILE"};
+  static constexpr UrlSources kGeneratorUrl{
+      "generator.database_url", "generator.database_url_file",
+      kGeneratorDatabaseUrlVariable, "BOXMETER_GENERATOR_DATABASE_URL_FILE"};
+
+  static constexpr std::string_view kUrlExpected =
+      "a PostgreSQL URL like postgresql://boxmeter@localhost/boxmeter, or "
+      "key=value pairs like \"host=localhost dbname=boxmeter\"";
+
+  std::string Variable(std::string_view name) const {
+    auto it = env_.find(std::string(name));
+    return it == env_.end() ? "" : it->second;
+  }
+
+  bool AnyUrlSet(const Entries& top, std::string_view section,
+                 const UrlSources& sources) const {
+    if (!Variable(sources.variable).empty() ||
+        !Variable(sources.file_variable).empty()) {
+      return true;
+    }
+    const Entry* e = Find(top, section);
+    if (!e || !e->value.IsMap()) return false;
+    auto key = [](std::string_view full) {
+      return std::string(full.substr(full.find('.') + 1));
+    };
+    return e->value[key(sources.url_key)] || e->value[key(sources.file_key)];
+  }
+
+  // Resolves one login into `url` and `file` (the file it came from). With
+  // `read_files` false a URL file is only named, not read: it belongs to the
+  // other binary. Returns whether any source is set. The keys' values are
+  // checked even when a variable overrides them: --check-config should catch
+  // a broken file before the variable goes.
+  bool ReadUrl(const Entries& section, const UrlSources& sources,
+               bool read_files, std::string* url, std::string* file) {
+    auto name = [](std::string_view full) {
+      return full.substr(full.find('.') + 1);
+    };
+    const Entry* url_entry = Find(section, name(sources.url_key));
+    const Entry* file_entry = Find(section, name(sources.file_key));
+    std::optional<std::string> inline_url;
+    if (url_entry) {
+      inline_url = String(*url_entry, sources.url_key, kUrlExpected);
+      if (inline_url && !LooksLikeConnectionString(*inline_url)) {
+        Error(url_entry->key,
+              fmt::format("{}: {} is not a PostgreSQL connection string; "
+                          "write {}",
+                          sources.url_key, Quote(*inline_url), kUrlExpected));
+        inline_url.reset();
+      }
+    }
+    std::optional<std::string> path;
+    if (file_entry) {
+      path = Name(*file_entry, sources.file_key,
+                  "the path of a file holding the connection string");
+    }
+    if (url_entry && file_entry) {
+      Error(file_entry->key,
+            fmt::format("{}: set together with {} (line {}); keep one",
+                        sources.file_key, sources.url_key,
+                        Line(url_entry->key.Mark())));
+    }
+    if (std::string value = Variable(sources.variable); !value.empty()) {
+      if (!LooksLikeConnectionString(value)) {
         errors_->push_back(
             fmt::format("{} (environment): {} is not a PostgreSQL connection "
                         "string; set it to {}",
-                        kDatabaseUrlVariable, Quote(env->second), kExpected));
+                        sources.variable, Quote(value), kUrlExpected));
+      }
+      *url = value;
+      return true;
+    }
+    if (std::string value = Variable(sources.file_variable); !value.empty()) {
+      if (read_files) {
+        std::string where =
+            fmt::format("{} (environment)", sources.file_variable);
+        ReadUrlFile(
+            value,
+            [&](std::string message) {
+              errors_->push_back(fmt::format("{}: {}", where, message));
+            },
+            url, file);
+      }
+      return true;
+    }
+    if (url_entry) {
+      if (inline_url) *url = *inline_url;
+      return true;
+    }
+    if (!file_entry) return false;
+    if (path && read_files) {
+      ReadUrlFile(
+          *path,
+          [&](std::string message) {
+            Error(file_entry->key,
+                  fmt::format("{}: {}", sources.file_key, message));
+          },
+          url, file);
+    }
+    return true;
+  }
+
+  // Reads the connection string in the file at `path` (inside
+  // $CREDENTIALS_DIRECTORY when relative). Never quotes the content: a file
+  // meant to hold a URL may hold a bare password.
+  template <typename Report>
+  void ReadUrlFile(const std::string& path, Report report, std::string* url,
+                   std::string* file) {
+    constexpr std::string_view kWhatToDo =
+        "put one connection string in it, like "
+        "postgresql://boxmeter:PASSWORD@localhost/boxmeter, readable only by "
+        "the user that runs this program";
+    std::string resolved = path;
+    if (!path.starts_with('/')) {
+      std::string credentials = Variable(kCredentialsVariable);
+      if (credentials.empty()) {
+        report(fmt::format(
+            "{} is a relative path and ${} is not set; write an absolute "
+            "path, or pass the file as a systemd credential "
+            "(LoadCredential={}:/etc/boxmeter/...)",
+            Quote(path), kCredentialsVariable, path));
         return;
       }
-      *out = env->second;
+      resolved = credentials + "/" + path;
+    }
+    std::string data;
+    std::string problem;
+    if (!ReadSecretFile(resolved, &data, &problem)) {
+      report(fmt::format("{} {}; {}", Quote(resolved), problem, kWhatToDo));
       return;
     }
-    if (!e) {
-      Missing(top, "database", "database.url",
-              fmt::format("set it to {}, or set {} in the environment",
-                          kExpected, kDatabaseUrlVariable));
+    while (!data.empty() && (data.back() == '\n' || data.back() == '\r')) {
+      data.pop_back();
+    }
+    if (data.empty()) {
+      report(fmt::format("{} is empty; {}", Quote(resolved), kWhatToDo));
       return;
     }
-    if (!from_file) return;
-    if (!LooksLikeConnectionString(*from_file)) {
-      Error(e->key, fmt::format("database.url: {} is not a PostgreSQL "
-                                "connection string; write {}",
-                                Quote(*from_file), kExpected));
+    if (HasControlCharacter(data) || !LooksLikeConnectionString(data)) {
+      report(fmt::format(
+          "{} does not hold a PostgreSQL connection string on one line (its "
+          "content is not shown: it may hold a password); {}",
+          Quote(resolved), kWhatToDo));
       return;
     }
-    *out = *from_file;
+    *url = std::move(data);
+    *file = resolved;
   }
 
   // libpq takes a URL or key=value pairs; anything else (a bare host name,
@@ -878,6 +1041,7 @@ class ConfigReader {
 
   const std::string& path_;
   const Environment& env_;
+  ConfigUser user_;
   std::vector<std::string>* errors_;
 };
 
@@ -943,6 +1107,32 @@ void RedactPasswordParameters(std::string* text, bool in_url) {
   }
 }
 
+// A URL's query parameters whose keyword libpq decodes to a secret one:
+// `?pass%77ord=...` is a password too. A value runs to the next '&' (libpq
+// splits on nothing else).
+void RedactEncodedQueryPasswords(std::string* url) {
+  size_t query = url->find('?');
+  if (query == std::string::npos) return;
+  size_t begin = query + 1;
+  while (begin <= url->size()) {
+    size_t end = url->find('&', begin);
+    if (end == std::string::npos) end = url->size();
+    size_t equals = url->find('=', begin);
+    if (equals < end) {
+      std::string keyword =
+          PercentDecoded(std::string_view(*url).substr(begin, equals - begin));
+      for (char& c : keyword) {
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      }
+      if (keyword == "password" || keyword == "sslpassword") {
+        url->replace(equals + 1, end - equals - 1, "***");
+        end = equals + 4;
+      }
+    }
+    begin = end + 1;
+  }
+}
+
 }  // namespace
 
 Environment ProcessEnvironment() {
@@ -974,13 +1164,13 @@ std::string ConfigPath(const std::optional<std::string>& flag,
 }
 
 bool LoadConfig(const std::string& path, const Environment& env, Config* out,
-                std::vector<std::string>* errors) {
+                std::vector<std::string>* errors, ConfigUser user) {
   std::vector<std::string> local_errors;
   if (!errors) errors = &local_errors;
   // The reader catches yaml-cpp's parse errors itself; this is the last line
   // for anything unforeseen (an accessor throwing, bad_alloc).
   try {
-    return ConfigReader(path, env, errors).Read(out);
+    return ConfigReader(path, env, user, errors).Read(out);
   } catch (const std::exception& e) {
     errors->push_back(
         fmt::format("{}: could not read the config ({}); check the file's YAML",
@@ -990,6 +1180,11 @@ bool LoadConfig(const std::string& path, const Environment& env, Config* out,
         "{}: could not read the config; check the file's YAML", path));
   }
   return false;
+}
+
+const std::string& GeneratorDatabaseUrl(const Config& config) {
+  return config.generator.database_url.empty() ? config.database.url
+                                               : config.generator.database_url;
 }
 
 std::string RedactUrl(std::string_view url) {
@@ -1037,6 +1232,7 @@ std::string RedactUrl(std::string_view url) {
     if (colon < at) out.replace(colon + 1, at - colon - 1, "***");
   }
   RedactPasswordParameters(&out, is_url);
+  if (is_url) RedactEncodedQueryPasswords(&out);
   return out;
 }
 
@@ -1101,25 +1297,45 @@ std::string AddressHost(std::string_view address) {
 
 }  // namespace
 
+bool IsLoopbackAddress(std::string_view address) {
+  return IsLoopbackHost(AddressHost(address));
+}
+
 std::vector<std::string> ConfigWarnings(const Config& config,
                                         const Environment& env) {
   std::vector<std::string> warnings;
-  auto from_env = env.find(std::string(kDatabaseUrlVariable));
-  bool url_from_file = from_env == env.end() || from_env->second.empty();
-  bool has_password = RedactUrl(config.database.url) != config.database.url;
-  if (url_from_file && has_password && !config.path.empty()) {
-    std::string readers = ReadableBeyondOwner(config.path);
-    if (!readers.empty()) {
-      warnings.push_back(fmt::format(
-          "{}: database.url holds a password and the file is readable by "
-          "{}; make it readable by its owner only (chmod 600 {}), or keep "
-          "the password out of it: ~/.pgpass, PGPASSFILE, or {} in the "
-          "environment",
-          config.path, readers, config.path, kDatabaseUrlVariable));
-    }
+  // A URL read from a file or the environment is not the config file's.
+  auto in_config_file = [&](std::string_view variable, const std::string& url,
+                            const std::string& url_file) {
+    auto from_env = env.find(std::string(variable));
+    return (from_env == env.end() || from_env->second.empty()) &&
+           url_file.empty() && RedactUrl(url) != url;
+  };
+  std::vector<std::string_view> keys;
+  if (in_config_file(kDatabaseUrlVariable, config.database.url,
+                     config.database.url_file)) {
+    keys.push_back("database.url");
+  }
+  if (in_config_file(kGeneratorDatabaseUrlVariable,
+                     config.generator.database_url,
+                     config.generator.database_url_file)) {
+    keys.push_back("generator.database_url");
+  }
+  std::string readers = keys.empty() || config.path.empty()
+                            ? ""
+                            : ReadableBeyondOwner(config.path);
+  for (std::string_view key : keys) {
+    if (readers.empty()) break;
+    warnings.push_back(fmt::format(
+        "{}: {} holds a password and the file is readable by {}; make it "
+        "readable by its owner only (chmod 600 {}), or keep the password out "
+        "of it: {}_file naming a file only this user can read (a systemd "
+        "credential, a Docker or Kubernetes secret), ~/.pgpass or PGPASSFILE "
+        "(not ${} or PGPASSWORD: the environment is easier to read)",
+        config.path, key, readers, config.path, key, kDatabaseUrlVariable));
   }
   if (!config.source.address.empty() &&
-      !IsLoopbackHost(AddressHost(config.source.address))) {
+      !IsLoopbackAddress(config.source.address)) {
     warnings.push_back(fmt::format(
         "{}: source.address {} is not a loopback address; sing-box's stats "
         "API has no TLS and no authentication, so whoever can reach it can "

@@ -31,7 +31,14 @@ struct Config {
   } source;
 
   struct Database {
-    std::string url;  // libpq URL or key=value string
+    // libpq URL or key=value string: database.url, or the content of
+    // database.url_file; $BOXMETER_DATABASE_URL and $BOXMETER_DATABASE_URL_FILE
+    // override both. Empty when only the other binary's login was read (see
+    // ConfigUser).
+    std::string url;
+    // The file `url` was read from (database.url_file or
+    // $BOXMETER_DATABASE_URL_FILE, resolved), or "" when it was not.
+    std::string url_file;
   } database;
 
   struct Poll {
@@ -46,6 +53,13 @@ struct Config {
     std::string template_path = "/etc/boxmeter/sing-box.base.json";
     std::string output = "/etc/sing-box/config.json";
     std::vector<std::string> stats_outbounds{"direct"};
+    // boxmeter-gen's own login, so the collector's need not read every
+    // user's credentials: generator.database_url or the content of
+    // generator.database_url_file, overridden by
+    // $BOXMETER_GENERATOR_DATABASE_URL(_FILE). Empty: boxmeter-gen uses
+    // database.url. A file is only read when loading as kGenerator.
+    std::string database_url;
+    std::string database_url_file;  // as Database::url_file
   } generator;
 
   struct Hooks {
@@ -64,6 +78,13 @@ struct Config {
   } control;
 };
 
+// Which binary loads the config. Each reads only its own secret files
+// (database.url_file for the collector, generator.database_url_file for
+// boxmeter-gen when set), so each can be given only its own credential (a
+// systemd LoadCredential=, a Docker or Kubernetes secret); the other
+// binary's keys are still checked for form.
+enum class ConfigUser { kCollector, kGenerator };
+
 // The process environment, as a map so tests can pass their own.
 using Environment = std::map<std::string, std::string>;
 Environment ProcessEnvironment();
@@ -79,9 +100,28 @@ std::string ConfigPath(const std::optional<std::string>& flag,
 // Reads and validates the file at `path`. On success fills `out` and returns
 // true. Otherwise returns false and appends one message per problem, each
 // naming the file, the key (with its line where known), the bad value and
-// what is expected. $BOXMETER_DATABASE_URL overrides database.url.
+// what is expected. The database URL comes from, first to last:
+// $BOXMETER_DATABASE_URL, the file named by $BOXMETER_DATABASE_URL_FILE,
+// database.url or database.url_file (not both). boxmeter-gen's from
+// $BOXMETER_GENERATOR_DATABASE_URL, $BOXMETER_GENERATOR_DATABASE_URL_FILE,
+// generator.database_url or generator.database_url_file, else the database
+// URL. A relative *_file path is taken inside $CREDENTIALS_DIRECTORY
+// (systemd's LoadCredential=). A URL file must be a regular file of at most
+// 64 KiB holding one connection string (a trailing newline is dropped); its
+// content never appears in a message.
 bool LoadConfig(const std::string& path, const Environment& env, Config* out,
-                std::vector<std::string>* errors);
+                std::vector<std::string>* errors,
+                ConfigUser user = ConfigUser::kCollector);
+
+// The URL boxmeter-gen connects with: generator.database_url if set, else
+// database.url.
+const std::string& GeneratorDatabaseUrl(const Config& config);
+
+// True when a source.address ("host:port" or "[v6]:port") names this
+// machine's loopback: 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z), or a name
+// that resolves only to those (localhost, *.localhost, ip6-localhost,
+// ip6-loopback).
+bool IsLoopbackAddress(std::string_view address);
 
 // `url` with any password replaced by "***", for logs and errors.
 std::string RedactUrl(std::string_view url);

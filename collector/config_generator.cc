@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "sing_box_rules.h"
+
 namespace boxmeter {
 namespace {
 
@@ -17,9 +19,9 @@ namespace {
 // the operator put them, and generated objects read "type, tag, ..." first.
 using Json = nlohmann::ordered_json;
 
-// What a type's user object is made of (DESIGN.md, "sing-box user fields").
+// What a type's user object is made of (docs/design.md, "sing-box user fields").
 enum class UserShape {
-  kNamePassword,      // trojan, shadowsocks, hysteria2, anytls, shadowtls
+  kNamePassword,      // trojan, shadowsocks, hysteria2, anytls
   kNameUuidFlow,      // vless
   kNameUuidAlterId,   // vmess
   kNameUuidPassword,  // tuic
@@ -36,7 +38,6 @@ const std::map<std::string, UserShape, std::less<>>& Shapes() {
       {"mixed", UserShape::kUsernamePassword},
       {"naive", UserShape::kUsernamePassword},
       {"shadowsocks", UserShape::kNamePassword},
-      {"shadowtls", UserShape::kNamePassword},
       {"socks", UserShape::kUsernamePassword},
       {"trojan", UserShape::kNamePassword},
       {"tuic", UserShape::kNameUuidPassword},
@@ -44,6 +45,47 @@ const std::map<std::string, UserShape, std::less<>>& Shapes() {
       {"vmess", UserShape::kNameUuidAlterId},
   };
   return *shapes;
+}
+
+// The credential sing-box finds a user by on an inbound of this shape: two
+// users with the same one make trojan refuse to start ("user already
+// exists", transport/trojan/service.go) and the others keep only the last
+// (protocol/vless, protocol/vmess, protocol/tuic: a map by uuid;
+// protocol/hysteria, protocol/hysteria2, protocol/anytls and
+// shadowsocks' multi-user services: a map by password), so one user's
+// traffic would be counted under another's name. Empty: users are found by
+// name, which is unique already (sing common/auth/auth.go).
+std::string_view CredentialColumn(UserShape shape) {
+  switch (shape) {
+    case UserShape::kNameUuidFlow:
+    case UserShape::kNameUuidAlterId:
+    case UserShape::kNameUuidPassword:
+      return "uuid";
+    case UserShape::kNamePassword:
+    case UserShape::kNameAuthStr:
+      return "password";
+    case UserShape::kUsernamePassword:
+      return "";
+  }
+  return "";
+}
+
+// What sing-box would do with the inbound if it were written with no users,
+// for the line that says why it is left out.
+std::string_view WithoutUsers(std::string_view type) {
+  if (type == "socks" || type == "http" || type == "mixed") {
+    return "sing-box would accept anyone on it without authentication "
+           "(sing common/auth/auth.go: no users, no authenticator)";
+  }
+  if (type == "naive") {
+    return "sing-box would refuse to start (\"missing users\", "
+           "protocol/naive/inbound.go)";
+  }
+  if (type == "shadowsocks") {
+    return "sing-box would fall back to single-user mode on the inbound's "
+           "password (protocol/shadowsocks/inbound.go)";
+  }
+  return "no user could connect, and nothing would be counted";
 }
 
 // Keys of an inbound that come from the row's columns or from inbound_users;
@@ -76,6 +118,29 @@ bool IsUuid(std::string_view text) {
 std::string Lower(std::string text) {
   for (char& c : text) c = std::tolower(static_cast<unsigned char>(c));
   return text;
+}
+
+// `text` as a PostgreSQL string literal that can be pasted into psql as it
+// is: quotes doubled, and control characters (which would break the line)
+// written as escapes in an E'' literal.
+std::string SqlLiteral(std::string_view text) {
+  bool control = std::any_of(text.begin(), text.end(), [](char c) {
+    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+  });
+  std::string out = control ? "E'" : "'";
+  for (char c : text) {
+    unsigned char byte = static_cast<unsigned char>(c);
+    if (c == '\'') {
+      out += "''";
+    } else if (control && c == '\\') {
+      out += "\\\\";
+    } else if (byte < 0x20 || byte == 0x7f) {
+      out += fmt::format("\\x{:02x}", byte);
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
 }
 
 // Deeper than any sing-box config needs. nlohmann's parser is iterative, but
@@ -194,6 +259,7 @@ class Generator {
     }
     result.inbounds = tags.size();
     result.users = emitted_users.size();
+    result.left_out = std::move(left_out_);
     return result;
   }
 
@@ -339,9 +405,25 @@ class Generator {
     return links;
   }
 
+  // The inbound, or nothing when it has errors (reported) or no users
+  // (left out, with a notice).
   std::optional<Json> MakeInbound(const InboundRow& row,
                                   const std::vector<const UserRow*>& users) {
     size_t errors_before = errors_.size();
+    if (row.type == "shadowtls") {
+      Error(fmt::format(
+          "inbound '{}': boxmeter-gen does not write shadowtls inbounds: "
+          "sing-box hands every shadowtls connection to its detour inbound, "
+          "which counts it under the detour's own users "
+          "(protocol/shadowtls/inbound.go, route/route.go), and versions "
+          "below 3 ignore users altogether, so shadowtls users can be "
+          "neither authenticated nor metered here; disable this row "
+          "(UPDATE inbounds SET enabled = false WHERE tag = {}) and put the "
+          "shadowtls inbound in the template, with its detour to a generated "
+          "inbound whose users boxmeter meters",
+          row.tag, SqlLiteral(row.tag)));
+      return std::nullopt;
+    }
     auto shape = Shapes().find(row.type);
     if (shape == Shapes().end()) {
       std::vector<std::string> known = SupportedInboundTypes();
@@ -351,12 +433,63 @@ class Generator {
           row.tag, row.type, Join(known)));
       return std::nullopt;
     }
+    if (!IsIpAddress(row.listen)) {
+      Error(fmt::format(
+          "inbound '{}': listen \"{}\" is not an IP address, and sing-box "
+          "parses it as one (netip.ParseAddr, sing "
+          "common/json/badoption/netip.go): no host names, brackets or "
+          "ports; set inbounds.listen to e.g. '::', '0.0.0.0' or "
+          "'127.0.0.1' and the port in inbounds.listen_port",
+          row.tag, row.listen));
+    }
     Json inbound = Json::object();
     inbound["type"] = row.type;
     inbound["tag"] = row.tag;
     inbound["listen"] = row.listen;
     if (row.listen_port) inbound["listen_port"] = *row.listen_port;
 
+    Json options = Json::object();
+    if (std::optional<Json> parsed = ReadOptions(row)) {
+      options = std::move(*parsed);
+      for (auto& [key, value] : options.items()) {
+        if (!inbound.contains(key)) inbound[key] = value;
+      }
+      CheckTypeRules(row, options, users.empty());
+    }
+
+    Json list = Json::array();
+    std::map<std::string, const UserRow*> by_credential;
+    std::string_view column = CredentialColumn(shape->second);
+    for (const UserRow* user : users) {
+      std::optional<Json> object = MakeUser(row, shape->second, *user);
+      if (!object) continue;
+      CheckUserRules(row, options, *user, *object);
+      if (!column.empty()) {
+        // MakeUser succeeded, so the credential is there.
+        std::string credential =
+            column == "uuid" ? Lower(*user->uuid) : *user->password;
+        auto [other, fresh] = by_credential.emplace(credential, user);
+        if (!fresh) DuplicateCredential(row, column, *other->second, *user);
+      }
+      list.push_back(std::move(*object));
+    }
+    if (errors_.size() != errors_before) return std::nullopt;
+    if (list.empty()) {
+      left_out_.push_back(fmt::format(
+          "inbound '{}' (type {}) left out: none of its users is eligible "
+          "now (linked, enabled, not expired, under quota), and without "
+          "users {}; it comes back when one of them is",
+          row.tag, row.type, WithoutUsers(row.type)));
+      return std::nullopt;
+    }
+    inbound["users"] = std::move(list);
+    return inbound;
+  }
+
+  // The row's options as a JSON object, or nothing after reporting why not
+  // (not JSON, not an object, a key boxmeter-gen writes itself, two keys
+  // sing-box would read as one).
+  std::optional<Json> ReadOptions(const InboundRow& row) {
     Json options;
     try {
       options = ParseLimited(row.options_json);
@@ -365,36 +498,197 @@ class Generator {
           fmt::format("inbound '{}': options are not valid JSON ({}); "
                       "fix inbounds.options",
                       row.tag, JsonError(e)));
+      return std::nullopt;
     }
-    if (errors_.size() == errors_before) {
-      if (!options.is_object()) {
+    if (!options.is_object()) {
+      Error(fmt::format(
+          "inbound '{}': options are {}; expected a JSON object of the "
+          "inbound's other fields (tls, transport, method, ...), or {{}}",
+          row.tag, TypeName(options)));
+      return std::nullopt;
+    }
+    size_t errors_before = errors_.size();
+    // sing-box matches field names case-insensitively (FoldKey), so
+    // "Listen" would set listen just as "listen" does.
+    for (const ReservedKey& reserved : kReservedKeys) {
+      for (const auto& [key, value] : options.items()) {
+        if (FoldKey(key) != FoldKey(reserved.key)) continue;
         Error(fmt::format(
-            "inbound '{}': options are {}; expected a JSON object of the "
-            "inbound's other fields (tls, transport, method, ...), or {{}}",
-            row.tag, TypeName(options)));
-      } else {
-        for (const ReservedKey& reserved : kReservedKeys) {
-          if (options.contains(reserved.key)) {
-            Error(fmt::format(
-                "inbound '{}': options set \"{}\", which boxmeter-gen "
-                "writes itself; remove it from inbounds.options and {}",
-                row.tag, reserved.key, reserved.instead));
-          }
+            "inbound '{}': options set \"{}\", which sing-box reads as "
+            "\"{}\" (it matches field names case-insensitively) and "
+            "boxmeter-gen writes itself; remove it from inbounds.options "
+            "and {}",
+            row.tag, key, reserved.key, reserved.instead));
+      }
+    }
+    std::map<std::string, std::string> folded;  // fold -> first spelling
+    for (const auto& [key, value] : options.items()) {
+      auto [first, fresh] = folded.emplace(FoldKey(key), key);
+      if (!fresh) {
+        Error(fmt::format(
+            "inbound '{}': options set both \"{}\" and \"{}\", which "
+            "sing-box reads as the same field (it matches field names "
+            "case-insensitively); keep one, spelled in lower case",
+            row.tag, first->second, key));
+      }
+    }
+    if (errors_.size() != errors_before) return std::nullopt;
+    return options;
+  }
+
+  void OptionError(const InboundRow& row, std::string_view problem) {
+    Error(fmt::format("inbound '{}' (type {}): {} in inbounds.options", row.tag,
+                      row.type, problem));
+  }
+
+  // What sing-box v1.13 requires of the inbound's own options (the rules
+  // of sing_box_rules.h), each problem reported.
+  void CheckTypeRules(const InboundRow& row, const Json& options,
+                      bool no_users) {
+    TlsNeed tls = TlsNeed::kOptional;
+    if (row.type == "hysteria" || row.type == "hysteria2" ||
+        row.type == "tuic") {
+      tls = TlsNeed::kRequiredNoReality;  // protocol/<type>/inbound.go
+    } else if (row.type == "naive" && !NaiveIsTcpOnly(options)) {
+      // protocol/naive/inbound.go: "TLS is required for QUIC server"; the
+      // default network is tcp and udp (option/types.go NetworkList).
+      tls = TlsNeed::kRequired;
+    }
+    if (row.type != "socks" && row.type != "shadowsocks") {
+      for (const std::string& problem :
+           TlsProblems(FindField(options, "tls"), tls)) {
+        OptionError(row, problem);
+      }
+    }
+    if (row.type == "hysteria2") {
+      // protocol/hysteria2/inbound.go: obfs needs a password and the type
+      // salamander.
+      if (const Json* obfs = FindField(options, "obfs");
+          obfs != nullptr && !obfs->is_null()) {
+        const Json* password = FindField(*obfs, "password");
+        const Json* type = FindField(*obfs, "type");
+        if (password == nullptr || !password->is_string() ||
+            password->get<std::string>().empty()) {
+          OptionError(row,
+                      "obfs has no password (sing-box: \"missing obfs "
+                      "password\"); set obfs.password");
         }
-        for (auto& [key, value] : options.items()) {
-          if (!inbound.contains(key)) inbound[key] = value;
+        if (type == nullptr || *type != "salamander") {
+          OptionError(row,
+                      "obfs.type is not \"salamander\" (sing-box: \"unknown "
+                      "obfs type\"); set it to \"salamander\"");
         }
       }
     }
+    if (row.type == "shadowsocks") CheckShadowsocks(row, options, no_users);
+  }
 
-    Json list = Json::array();
-    for (const UserRow* user : users) {
-      std::optional<Json> object = MakeUser(row, shape->second, *user);
-      if (object) list.push_back(std::move(*object));
+  static bool NaiveIsTcpOnly(const Json& options) {
+    const Json* network = FindField(options, "network");
+    if (network == nullptr) return false;
+    if (network->is_string()) return *network == "tcp";
+    return network->is_array() && network->size() == 1 &&
+           (*network)[0] == "tcp";
+  }
+
+  // protocol/shadowsocks/inbound.go and inbound_multi.go: users only in
+  // multi-user mode, which excludes destinations (relay) and managed; a
+  // method that can carry users; for SIP022 methods the server key.
+  void CheckShadowsocks(const InboundRow& row, const Json& options,
+                        bool no_users) {
+    const Json* destinations = FindField(options, "destinations");
+    if (destinations != nullptr && destinations->is_array() &&
+        !destinations->empty()) {
+      OptionError(row,
+                  "\"destinations\" (relay mode) is set, and sing-box refuses "
+                  "users with it (\"users and destinations options must not "
+                  "be combined\"); remove destinations, boxmeter meters "
+                  "users, not relays");
     }
-    inbound["users"] = std::move(list);
-    if (errors_.size() != errors_before) return std::nullopt;
-    return inbound;
+    if (const Json* managed = FindField(options, "managed");
+        managed != nullptr && managed->is_boolean() && managed->get<bool>()) {
+      OptionError(row,
+                  "\"managed\" is true, and sing-box refuses users on a "
+                  "managed server (\"users and destinations options are not "
+                  "supported in managed servers\"); remove managed");
+    }
+    const Json* method = FindField(options, "method");
+    std::string name = method != nullptr && method->is_string()
+                           ? method->get<std::string>()
+                           : "";
+    ShadowsocksMethod info = FindShadowsocksMethod(name);
+    if (!info.multi_user) {
+      OptionError(
+          row, fmt::format(
+                   "method \"{}\" {} (sing-box: \"unsupported method\"); set "
+                   "method to one of: {}",
+                   name,
+                   name.empty() ? "is missing"
+                   : info.known ? "cannot carry users"
+                                : "is not a shadowsocks method sing-box knows",
+                   MultiUserShadowsocksMethods()));
+      return;
+    }
+    if (info.key_bytes == 0 || no_users) return;
+    const Json* password = FindField(options, "password");
+    std::string key = password != nullptr && password->is_string()
+                          ? password->get<std::string>()
+                          : "";
+    if (Base64DecodedSize(key) != info.key_bytes) {
+      OptionError(
+          row,
+          fmt::format(
+              "the server password {} (sing-box: \"missing psk\" or \"bad "
+              "key\"); method {} needs \"password\" set to {} random bytes "
+              "in base64 (openssl rand -base64 {})",
+              key.empty() ? "is missing" : "is not a base64 key of that size",
+              name, info.key_bytes, info.key_bytes));
+    }
+  }
+
+  // What sing-box v1.13 requires of one user's written object.
+  void CheckUserRules(const InboundRow& row, const Json& options,
+                      const UserRow& user, const Json& object) {
+    if (row.type == "vless" && user.flow && !IsKnownVlessFlow(*user.flow)) {
+      Error(fmt::format(
+          "inbound '{}' (type vless): user '{}' has flow \"{}\", which "
+          "sing-box does not know (every connection would fail with "
+          "\"unknown flow\", sing-vmess vless/service.go); set it to "
+          "'xtls-rprx-vision' or NULL (UPDATE users SET flow = NULL WHERE "
+          "name = {})",
+          row.tag, user.name, *user.flow, SqlLiteral(user.name)));
+    }
+    if (row.type != "shadowsocks") return;
+    const Json* method = FindField(options, "method");
+    if (method == nullptr || !method->is_string()) return;
+    ShadowsocksMethod info = FindShadowsocksMethod(method->get<std::string>());
+    if (info.key_bytes == 0) return;
+    std::string password = object["password"];
+    if (Base64DecodedSize(password) != info.key_bytes) {
+      Error(fmt::format(
+          "inbound '{}' (type shadowsocks): user '{}' has a password that is "
+          "not a base64 key of {} bytes, which method {} needs (sing-box: "
+          "\"bad key\", sing-shadowsocks shadowaead_2022/service_multi.go); "
+          "set one (UPDATE users SET password = encode(gen_random_bytes({}), "
+          "'base64') WHERE name = {}) or unlink the user from this inbound",
+          row.tag, user.name, info.key_bytes, method->get<std::string>(),
+          info.key_bytes, SqlLiteral(user.name)));
+    }
+  }
+
+  void DuplicateCredential(const InboundRow& row, std::string_view column,
+                           const UserRow& first, const UserRow& second) {
+    std::string fix = column == "uuid" ? std::string("gen_random_uuid()")
+                                       : std::string("'a long random secret'");
+    Error(fmt::format(
+        "inbound '{}' (type {}): users '{}' and '{}' have the same {}, so "
+        "sing-box would {}; give one of them its own (UPDATE users SET {} = "
+        "{} WHERE name = {}) or unlink one of them from this inbound",
+        row.tag, row.type, first.name, second.name, column,
+        row.type == "trojan" ? "refuse to start (\"user already exists\")"
+                             : "count both under one name (it finds users by " +
+                                   std::string(column) + ")",
+        column, fix, SqlLiteral(second.name)));
   }
 
   // The credential `value` of `user`, or an error saying how to set it.
@@ -406,10 +700,10 @@ class Generator {
         column == "uuid" ? "gen_random_uuid()" : "'a long random secret'";
     Error(fmt::format(
         "inbound '{}' (type {}): user '{}' has {} {}, which {} users need; "
-        "set it (UPDATE users SET {} = {} WHERE name = '{}') or unlink the "
+        "set it (UPDATE users SET {} = {} WHERE name = {}) or unlink the "
         "user from this inbound",
         row.tag, row.type, user.name, value ? "an empty" : "no", column,
-        row.type, column, example, user.name));
+        row.type, column, example, SqlLiteral(user.name)));
     return std::nullopt;
   }
 
@@ -479,6 +773,7 @@ class Generator {
 
   const GeneratorInput& input_;
   std::vector<std::string> errors_;
+  std::vector<std::string> left_out_;
   std::map<std::string, size_t, std::less<>> template_tags_;  // -> index
   std::string template_name_ = "the template";
 };

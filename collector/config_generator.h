@@ -7,10 +7,12 @@
 // - each inbound row appended to "inbounds" (after the template's own), with
 //   its type, tag, listen, listen_port and users, and the row's options
 //   (tls, transport, method, ...) merged in;
-// - each user in the exact shape its inbound's type takes (DESIGN.md's
+// - each user in the exact shape its inbound's type takes (docs/design.md's
 //   table): vless {name, uuid, flow?}, vmess {name, uuid, alterId?}, tuic
 //   {name, uuid, password}, hysteria {name, auth_str}, socks/http/mixed/naive
-//   {username, password}, every other known type {name, password};
+//   {username, password}, trojan/shadowsocks/hysteria2/anytls {name,
+//   password}; shadowtls is refused (its traffic is counted under its
+//   detour's users);
 // - experimental.v2ray_api = {listen, stats: {enabled, inbounds, outbounds,
 //   users}} naming every generated inbound and every emitted user, so
 //   sing-box counts exactly those; the template's other experimental keys
@@ -21,9 +23,23 @@
 // order; generated objects have a fixed key order; the text is indented by 2
 // and ends with a newline.
 //
+// No user-bearing inbound is ever written without users: sing-box would
+// then let anyone through unauthenticated (socks, http, mixed), refuse to
+// start (naive) or fall back to the inbound's own password (shadowsocks).
+// An inbound none of whose linked users is eligible is left out of
+// "inbounds" and of the v2ray_api lists, with a line in `left_out`; it
+// comes back when one of its users is eligible again.
+//
+// Rows sing-box v1.13 would refuse (sing_box_rules.h: TLS without a
+// certificate, QUIC types without TLS, a listen that is not an IP address,
+// shadowsocks methods and keys, vless flows, relay and managed shadowsocks,
+// shadowtls), two users of one inbound with the same credential (one would
+// be counted under the other's name), and option keys sing-box reads as one
+// the generator writes (case-insensitively) are errors.
+//
 // Nothing is emitted when anything is wrong: every problem is reported at
 // once, each naming the row (inbound tag, user name) or template key and
-// what to do about it.
+// what to do about it; SQL in hints quotes what it echoes.
 //
 // Pure: no files, database or clock inside. The caller reads the rows
 // (PgInventory) and the template, and writes the result.
@@ -73,6 +89,9 @@ struct GeneratorInput {
 struct GeneratedConfig {
   std::string text;  // the complete config; empty when errors is not
   std::vector<std::string> errors;
+  // One line per inbound left out because none of its users is eligible,
+  // naming it and why (see GenerateSingBoxConfig); set only when ok().
+  std::vector<std::string> left_out;
   size_t inbounds = 0;  // generated inbounds (template ones not counted)
   size_t users = 0;     // distinct users emitted
   bool ok() const { return errors.empty(); }

@@ -2,12 +2,25 @@
 // is not yet in the database, and tracks what a commit has to do so that
 // every byte is added exactly once.
 //
-// For each counter it keeps the last observed values and the instance they
-// came from, plus the pending traffic not yet committed. A new observation
-// adds `value - last` to pending, or `value` when the counter belongs to a new
-// sing-box instance (a different start time, or a value lower than the last
-// one). A commit adds pending to the database totals and sets the database's
-// baseline to the last observed values, in one transaction guarded by the
+// It keeps the node's current sing-box instance (an InstanceIdentity: the
+// interval its start lies in, and a generation that grows by one at every
+// restart seen) and, for each counter, the last observed values with the
+// generation they came from, plus the pending traffic not yet committed.
+//
+// A snapshot is from a new instance when the clocks prove it
+// (InstanceIdentity::ProvesNew) or when any counter of the current
+// generation fell: sing-box's counters only grow while it runs. Either way
+// the new instance's identity replaces the current one, so a later poll or a
+// later collector compares with the instance that really runs. Otherwise it
+// is the same instance and its interval narrows. Then each counter whose
+// values came from the current generation adds `value - last` to pending;
+// any other counter (one of an older instance, or new) adds `value`. Where
+// the evidence cannot tell, the engine takes the same instance: see
+// instance_identity.h for why that errs by a bounded amount.
+//
+// A commit adds pending to the database totals, sets the database's baseline
+// to the last observed values and their generation, and stores the current
+// identity, in one transaction guarded by the
 // node's commit sequence number: the commit applies only when the database's
 // sequence is the one this engine last saw, so a replayed or duplicated commit
 // can never count twice. When a commit fails, pending stays and keeps growing,
@@ -15,8 +28,9 @@
 // unknown, the database's sequence number tells whether it applied.
 //
 // Observations made before the database state is loaded are kept as anchors
-// and reconciled with the stored baselines on Load, so a collector that
-// starts while PostgreSQL is down still counts from the right place.
+// and reconciled with the stored identity and baselines on Load under the
+// same rules, so a collector that starts while PostgreSQL is down still
+// counts from the right place.
 //
 // Pure: no clock, no I/O. Not thread-safe; the poll loop owns it.
 #pragma once
@@ -30,23 +44,24 @@
 #include <vector>
 
 #include "counter_name.h"
+#include "instance_identity.h"
 #include "snapshot.h"
 
 namespace boxmeter {
 
 // What the database holds for one counter: the last cumulative values added
-// to its totals and the start time of the instance they came from.
+// to its totals and the generation (InstanceIdentity) they came from.
 struct Baseline {
   CounterKey key;
   CounterValues values;
-  int64_t instance_start_ms = 0;
+  int64_t generation = 0;
 };
 
 struct CommitRow {
   CounterKey key;
   CounterValues delta;     // add to the totals
   CounterValues baseline;  // the new baseline
-  int64_t instance_start_ms = 0;
+  int64_t generation = 0;  // the baseline's instance
 };
 
 // One transaction's worth of work. Applies only if the node's commit sequence
@@ -61,19 +76,25 @@ struct CommitBatch {
   // The writer lease this commit is fenced by, renewed for lease_ttl.
   int64_t lease_token = 0;
   std::chrono::milliseconds lease_ttl{0};
+  // The node's current instance, stored with the rows' generations.
+  InstanceIdentity instance = {};
 };
 
 struct ObserveResult {
-  size_t changed = 0;    // counters whose value moved
-  size_t restarted = 0;  // counters seen from a new instance
+  size_t changed = 0;         // counters whose value moved
+  size_t restarted = 0;       // counters seen from a new instance
+  bool new_instance = false;  // the snapshot is from a new instance
 };
 
 class DeltaEngine {
  public:
-  // Starts from the database: its commit sequence and every stored baseline
-  // of this node. Observations made before (anchors) are reconciled now.
-  // Precondition: no batch in flight.
-  void Load(int64_t commit_seq, const std::vector<Baseline>& baselines);
+  // Starts from the database: its commit sequence, the node's stored
+  // instance and every stored baseline of this node. Observations made
+  // before (anchors) are reconciled now: their first instance is a new one
+  // when the clocks prove it or an anchor of it is below a baseline of the
+  // stored generation. Precondition: no batch in flight.
+  void Load(int64_t commit_seq, const InstanceIdentity& instance,
+            const std::vector<Baseline>& baselines);
   bool loaded() const { return loaded_; }
 
   ObserveResult Observe(const Snapshot& snapshot);
@@ -97,6 +118,8 @@ class DeltaEngine {
   bool Resolve(int64_t database_seq);
 
   int64_t commit_seq() const { return commit_seq_; }
+  // The node's current instance (before Load: generations count from 0).
+  const InstanceIdentity& instance() const { return instance_; }
   size_t size() const { return counters_.size(); }
   // Sum of pending uplink + downlink bytes, for status lines.
   int64_t pending_bytes() const;
@@ -106,22 +129,26 @@ class DeltaEngine {
   // what a batch in flight took from pending lives in in_flight_ instead.
   struct Entry {
     CounterValues last;
-    int64_t instance_start_ms = 0;
+    int64_t generation = kNotSeen;
     CounterValues pending;
   };
+  // The generation of an entry made by the current Observe.
+  static constexpr int64_t kNotSeen = INT64_MIN;
 
-  // Adds the traffic from `from` (in `from_instance`) to `to` (in
-  // `to_instance`) to `entry.pending`.
-  void Accumulate(Entry& entry, const CounterValues& from,
-                  int64_t from_instance, const CounterValues& to,
-                  int64_t to_instance);
   void AddPending(Entry& entry, const CounterValues& delta);
   // Forgets the batch in flight and frees what it held.
   void ReleaseInFlight();
 
   std::unordered_map<CounterKey, Entry, CounterKeyHash> counters_;
-  // The first observation of each counter made before Load.
+  // The first observation of each counter made before Load, with the
+  // generation (counted from 0 before Load) it came from.
   std::unordered_map<CounterKey, Baseline, CounterKeyHash> anchors_;
+  InstanceIdentity instance_;
+  // Before Load: the first instance seen, once a restart replaced it, and
+  // whether any snapshot was seen at all.
+  std::optional<InstanceIdentity> first_instance_;
+  bool observed_before_load_ = false;
+  bool same_kernel_ = false;  // of the last snapshot
   bool loaded_ = false;
   int64_t commit_seq_ = 0;
   int64_t last_observed_at_ms_ = 0;

@@ -42,14 +42,23 @@ std::string Usage() {
          "file (generator.output) is replaced atomically, with mode 0600\n"
          "(0640 in a set-group-ID directory: readable by its group).\n"
          "The same database gives the same bytes. On any error, nothing is\n"
-         "written.\n"
+         "written. An inbound none of whose users is eligible is left out\n"
+         "(one line on stderr says so), never written without users.\n"
          "\n"
          "Options:\n" +
          FormatFlags(kFlags) +
          "\n"
          "Environment:\n"
          "  BOXMETER_CONFIG        the config file, unless --config is given\n"
-         "  BOXMETER_DATABASE_URL  overrides database.url\n"
+         "  BOXMETER_GENERATOR_DATABASE_URL, "
+         "BOXMETER_GENERATOR_DATABASE_URL_FILE\n"
+         "                         override generator.database_url(_file), "
+         "the\n"
+         "                         login used here when set\n"
+         "  BOXMETER_DATABASE_URL, BOXMETER_DATABASE_URL_FILE\n"
+         "                         override database.url(_file), used "
+         "otherwise\n"
+         "  CREDENTIALS_DIRECTORY  where a relative *_file path is looked up\n"
          "  PG* and ~/.pgpass      as libpq reads them\n"
          "\n"
          "Exit status:\n"
@@ -57,8 +66,10 @@ std::string Usage() {
          "  1   --check: the file would change (or does not exist)\n"
          "  64  bad command line\n"
          "  65  bad data: an inbound or user row (e.g. a vless user without\n"
-         "      uuid, an unknown inbound type, a tag also in the template),\n"
-         "      or a template that is not a JSON object; each is named\n"
+         "      uuid, an unknown inbound type, a tag also in the template,\n"
+         "      TLS without a certificate, two users of one inbound with the\n"
+         "      same credential), or a template that is not a JSON object;\n"
+         "      all of them are reported at once, each named\n"
          "  66  the template (or, with --check, the output) cannot be read\n"
          "  69  the database cannot be reached or read\n"
          "  73  the output cannot be written\n"
@@ -85,7 +96,8 @@ void Error(const std::string& message) {
 }
 
 int Main(int argc, char** argv) {
-  const ProgramInfo program{"boxmeter-gen", kFlags, Usage()};
+  const ProgramInfo program{"boxmeter-gen", kFlags, Usage(),
+                            ConfigUser::kGenerator};
   CommandLine cli;
   if (std::optional<int> done = StartProgram(program, argc, argv, &cli)) {
     return *done;
@@ -112,8 +124,8 @@ int Main(int argc, char** argv) {
   }
 
   Inventory inventory;
-  if (Status status =
-          PgInventory(config.database.url).Read(config.node, &inventory);
+  if (Status status = PgInventory(GeneratorDatabaseUrl(config))
+                          .Read(config.node, &inventory);
       !status.ok()) {
     Error(status.message() + "; nothing written");
     return EX_UNAVAILABLE;
@@ -138,6 +150,9 @@ int Main(int argc, char** argv) {
           "' or in the template; fix them and run again; nothing written");
     return EX_DATAERR;
   }
+  // Not an error: the inbound is safe out of the config and comes back by
+  // itself, but whoever reads the hook's output should see why it went.
+  for (const std::string& line : generated.left_out) Error(line);
 
   if (cli.Has("stdout")) {
     std::fwrite(generated.text.data(), 1, generated.text.size(), stdout);

@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "config.h"  // IsLoopbackAddress
+#include "safe_text.h"
 #include "stats.grpc.pb.h"
 
 namespace boxmeter {
@@ -78,12 +80,6 @@ int ClampMessageSize(int64_t bytes) {
 
 }  // namespace
 
-int64_t GrpcStatsSource::SystemClockMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // What the source and its calls share. A call in flight keeps it alive, so
 // gRPC's callbacks never touch a destroyed source.
 //
@@ -95,7 +91,8 @@ int64_t GrpcStatsSource::SystemClockMs() {
 struct GrpcStatsSource::Shared {
   std::string address;
   int64_t max_message_size = 0;
-  ClockMs clock;
+  HostClock clock;
+  bool same_kernel = false;  // the address is a loopback one
   std::unique_ptr<api::StatsService::Stub> stub;
 
   std::mutex mu;
@@ -124,7 +121,11 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
     query_request_.set_regexp(false);
   }
 
-  void Start() { StartSysStats(Stage::kBefore); }
+  void Start() {
+    reply_.boot_id = shared_->clock.boot_id;
+    reply_.same_kernel = shared_->same_kernel;
+    StartSysStats(Stage::kBefore);
+  }
 
   void Cancel() {
     // The context outlives this: it belongs to the call, and whoever calls
@@ -161,18 +162,23 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
     api::SysStatsResponse* response =
         before ? &before_response_ : &after_response_;
     if (!Arm(context)) return;
+    int64_t sent_ms = shared_->clock.monotonic_ms();
     shared_->stub->async()->GetSysStats(
         context, &sys_request_, response,
-        [self = shared_from_this(), stage, response](grpc::Status status) {
-          self->OnSysStats(stage, *response, status);
+        [self = shared_from_this(), stage, response,
+         sent_ms](grpc::Status status) {
+          self->OnSysStats(stage, sent_ms, *response, status);
         });
   }
 
-  void OnSysStats(Stage stage, const api::SysStatsResponse& response,
+  void OnSysStats(Stage stage, int64_t sent_ms,
+                  const api::SysStatsResponse& response,
                   const grpc::Status& status) {
-    int64_t at_ms = shared_->clock();
+    int64_t received_ms = shared_->clock.monotonic_ms();
     if (!status.ok()) return Finish(Failure(status, "GetSysStats"));
-    UptimeSample sample{.at_ms = at_ms, .uptime_s = response.uptime()};
+    UptimeSample sample{.sent_ms = sent_ms,
+                        .received_ms = received_ms,
+                        .uptime_s = response.uptime()};
     if (stage == Stage::kBefore) {
       reply_.before = sample;
       StartQuery();
@@ -193,6 +199,7 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
 
   void OnQuery(const grpc::Status& status) {
     if (!status.ok()) return Finish(Failure(status, "QueryStats"));
+    reply_.answered_wall_ms = shared_->clock.wall_ms();
     reply_.stats.reserve(query_response_.stat_size());
     for (api::Stat& stat : *query_response_.mutable_stat()) {
       reply_.stats.push_back(RawStat{.name = std::move(*stat.mutable_name()),
@@ -233,7 +240,9 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
 
   Status Failure(const grpc::Status& status, std::string_view method) const {
     const std::string& address = shared_->address;
-    const std::string& message = status.error_message();
+    // The peer's words: escaped and cut like any foreign text.
+    const std::string message =
+        SafeText(status.error_message(), kMaxShownMessage);
     switch (status.error_code()) {
       case grpc::StatusCode::UNAVAILABLE:
         return Status::Unavailable(fmt::format(
@@ -242,9 +251,11 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
             address, message));
       case grpc::StatusCode::UNIMPLEMENTED:
         return Status::Unimplemented(fmt::format(
-            "the server at {} does not offer StatsService.{} ({}); build "
-            "sing-box with the build tag with_v2ray_api and set "
-            "experimental.v2ray_api.stats.enabled: true in its config",
+            "the server at {} does not offer StatsService.{} ({}); set "
+            "experimental.v2ray_api.stats.enabled: true in sing-box's config "
+            "and check that this is its experimental.v2ray_api.listen (a "
+            "sing-box built without the tag with_v2ray_api refuses to start "
+            "with that block at all)",
             address, method, message));
       case grpc::StatusCode::DEADLINE_EXCEEDED:
         return Status::Deadline(fmt::format(
@@ -252,7 +263,8 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
             "source.timeout if sing-box is busy or has many counters",
             address, method, timeout_.count()));
       case grpc::StatusCode::RESOURCE_EXHAUSTED:
-        if (message.find("larger than max") != std::string::npos) {
+        if (status.error_message().find("larger than max") !=
+            std::string::npos) {
           return Status::Error(fmt::format(
               "the {} reply from {} is larger than source.max_message_size "
               "({} bytes): {}; raise source.max_message_size",
@@ -302,7 +314,7 @@ class GrpcStatsSource::Call : public std::enable_shared_from_this<Call> {
 };
 
 GrpcStatsSource::GrpcStatsSource(std::string address, int64_t max_message_size,
-                                 ClockMs clock)
+                                 HostClock clock)
     : shared_(std::make_shared<Shared>()) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(ClampMessageSize(max_message_size));
@@ -317,6 +329,7 @@ GrpcStatsSource::GrpcStatsSource(std::string address, int64_t max_message_size,
   shared_->address = std::move(address);
   shared_->max_message_size = max_message_size;
   shared_->clock = std::move(clock);
+  shared_->same_kernel = IsLoopbackAddress(shared_->address);
 }
 
 GrpcStatsSource::~GrpcStatsSource() {

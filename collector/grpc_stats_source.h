@@ -8,6 +8,12 @@
 // read that is then lost would lose traffic. The reply is returned raw;
 // MakeSnapshot drops the duplicates sing-box may send.
 //
+// Each uptime answer is stamped with the HostClock's monotonic time before
+// the request and after the answer. The reply says whether the source shares
+// this kernel: when its address is a loopback one (IsLoopbackAddress), which
+// is how a sidecar reaches sing-box. A tunnel from loopback to another
+// machine would break that assumption (see instance_identity.h).
+//
 // The channel is created once and reused. It has no TLS (the API has none)
 // and ignores http_proxy (the API lives on loopback or in the pod). Its
 // reconnect backoff is capped at a few seconds, so a sing-box that restarted
@@ -16,28 +22,23 @@
 
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 
+#include "host_clock.h"
 #include "stats_source.h"
 
 namespace boxmeter {
 
 class GrpcStatsSource : public StatsSource {
  public:
-  // Milliseconds since the epoch; stamps each uptime sample when its reply
-  // arrives.
-  using ClockMs = std::function<int64_t()>;
-  static int64_t SystemClockMs();
-
   // `address` is host:port (sing-box's experimental.v2ray_api.listen).
   // `max_message_size` is source.max_message_size in bytes: the largest
   // reply accepted. gRPC takes an int, so anything above INT_MAX means
   // INT_MAX; zero or below means no limit. Connects lazily: constructing
   // never fails, and an unreachable address shows up in Fetch.
   GrpcStatsSource(std::string address, int64_t max_message_size,
-                  ClockMs clock = SystemClockMs);
+                  HostClock clock = HostClock::System());
 
   // Cancels a fetch in progress and waits until its `done` has returned and
   // gRPC has let go of it, so `done` never runs after the source is gone.

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "log.h"
+#include "process_tree.h"
 
 extern char** environ;
 
@@ -57,7 +58,16 @@ HookRunner::HookRunner(boost::asio::io_context& io, Config::Hooks hooks,
     : io_(io),
       hooks_(std::move(hooks)),
       config_path_(std::move(config_path)),
-      timeout_timer_(io) {}
+      timeout_timer_(io) {
+  // So that a hook's descendants stay the collector's descendants even
+  // when their parent exits, and a timeout can find them (process_tree.h).
+  if (!BecomeChildSubreaper()) {
+    LogDebug(
+        "cannot become a child subreaper ({}); a hook's orphaned "
+        "children cannot be ended on timeout",
+        std::strerror(errno));
+  }
+}
 
 HookRunner::~HookRunner() {
   alive_.reset();  // handlers still queued on the loop do nothing now
@@ -99,7 +109,11 @@ void HookRunner::UsersFingerprint(const std::string& fingerprint) {
   fingerprint_ = fingerprint;
 }
 
-void HookRunner::Tick() { ++poll_; }
+void HookRunner::Tick() {
+  ++poll_;
+  // Orphans adopted as subreaper are ours to reap.
+  if (runs_started_ > 0) ReapChildrenExcept(child_ ? child_->pid : 0);
+}
 
 bool HookRunner::WantsToStart() const {
   return requested_ && enabled() && !child_ && started_in_poll_ != poll_;
@@ -114,6 +128,9 @@ void HookRunner::StartNow() {
 
 void HookRunner::Start() {
   ++runs_started_;
+  // What runs below the collector already (a previous run's background
+  // process) is not this run's to kill.
+  std::vector<pid_t> earlier = Children(getpid());
   std::vector<std::string> env = HookEnvironment(config_path_);
   std::vector<char*> envp;
   for (std::string& entry : env) envp.push_back(entry.data());
@@ -172,6 +189,7 @@ void HookRunner::Start() {
   child_ = std::make_unique<Child>();
   Child* child = child_.get();
   child->pid = pid;
+  child->earlier = std::move(earlier);
   child->started = steady_clock::now();
   // Waits without reaping first, so that the pid (and process group) stays
   // ours until `exited` is set: a timeout can never signal a reused pid.
@@ -210,7 +228,12 @@ void HookRunner::Start() {
 
 void HookRunner::KillChild() {
   std::lock_guard lock(child_->mu);
-  if (!child_->exited) kill(-child_->pid, SIGKILL);
+  if (child_->exited) return;
+  // The group first (one signal stops most of it from forking on), then
+  // every process below the collector that this run started, wherever it
+  // went: its own session (setsid), or adopted here when its parent died.
+  kill(-child_->pid, SIGKILL);
+  KillDescendants(getpid(), child_->earlier);
 }
 
 void HookRunner::OnExit(int wait_status) {
@@ -221,6 +244,7 @@ void HookRunner::OnExit(int wait_status) {
                                                        child_->started);
   bool timed_out = child_->timed_out;
   child_.reset();
+  ReapChildrenExcept(0);
 
   bool ok = wait_status != -1 && WIFEXITED(wait_status) &&
             WEXITSTATUS(wait_status) == 0 && !timed_out;
@@ -242,8 +266,8 @@ void HookRunner::OnExit(int wait_status) {
   std::string failure;
   if (timed_out) {
     failure = fmt::format(
-        "ran longer than hooks.timeout ({}ms) and was killed with its "
-        "process group",
+        "ran longer than hooks.timeout ({}ms) and was killed with every "
+        "process it started",
         hooks_.timeout.count());
   } else if (wait_status == -1) {
     failure = "ended, but its exit status is unknown (is SIGCHLD ignored?)";

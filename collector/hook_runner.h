@@ -17,7 +17,13 @@
 // (the log), it runs in its own process group, and BOXMETER_CONFIG is set to
 // the collector's config file so that a bare `boxmeter-gen` reads the same
 // config. At most one run at a time and at most one start per poll; a run
-// longer than hooks.timeout is killed with its whole process group. A run
+// longer than hooks.timeout is killed with every process it started, also
+// those that left its process group (setsid) or lost their parent: the
+// runner makes the process a child subreaper and kills the run's part of
+// the process tree found in /proc (process_tree.h). Processes a run leaves
+// behind when it succeeds are left alone, and reaped here when they exit;
+// so the process must have no other children that something else waits
+// for. A run
 // that fails (non-zero exit, signal, timeout) is retried on the next poll,
 // until one succeeds. A change that arrives while a run is in progress
 // requests another run.
@@ -37,6 +43,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "config.h"
 
@@ -47,7 +54,7 @@ class HookRunner {
   // `config_path` is passed to the hook as BOXMETER_CONFIG ("" for none).
   HookRunner(boost::asio::io_context& io, Config::Hooks hooks,
              std::string config_path);
-  // Kills a running hook's process group and reaps it.
+  // Kills a running hook with every process it started, and reaps it.
   ~HookRunner();
 
   HookRunner(const HookRunner&) = delete;
@@ -85,6 +92,7 @@ class HookRunner {
   // The running child, shared with the thread that waits for it.
   struct Child {
     pid_t pid = 0;
+    std::vector<pid_t> earlier;  // the collector's children before the run
     std::mutex mu;
     bool exited = false;  // waited for (still a zombie until reaped)
     bool timed_out = false;
@@ -94,7 +102,8 @@ class HookRunner {
 
   void Start();
   void OnExit(int wait_status);
-  // Kills the child's process group unless it already exited.
+  // Kills the child's process group and every process it started, unless
+  // it already exited.
   void KillChild();
 
   boost::asio::io_context& io_;

@@ -30,4 +30,8 @@ std::string WithConnectionDefaults(std::string_view url,
 // environment: what PgStore and PgInventory connect with.
 std::string WithConnectionDefaults(std::string_view url);
 
+// `text` with each well-formed %XX replaced by its byte, as libpq decodes a
+// URI's user info, keywords and values; anything else kept as it is.
+std::string PercentDecoded(std::string_view text);
+
 }  // namespace boxmeter

@@ -6,18 +6,10 @@
 
 #include "config.h"  // RedactUrl
 #include "pg_connection_defaults.h"
+#include "pg_error_text.h"
 
 namespace boxmeter {
 namespace {
-
-// libpq messages span lines (DETAIL, HINT); one line reads better.
-std::string OneLine(std::string text) {
-  for (char& c : text) {
-    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
-  }
-  while (!text.empty() && text.back() == ' ') text.pop_back();
-  return text;
-}
 
 std::optional<std::string> OptionalText(const pqxx::field& field) {
   if (field.is_null()) return std::nullopt;
@@ -70,11 +62,11 @@ Status PgInventory::Read(const std::string& node, Inventory* out) {
   } catch (const pqxx::broken_connection& e) {
     return Status::Unavailable(
         "cannot read the inbounds of node '" + node + "' from " + where +
-        ": connection lost or refused (" + OneLine(e.what()) +
+        ": connection lost or refused (" + PgErrorText(e.what(), url_) +
         "); is the server up and database.url right?");
   } catch (const pqxx::sql_error& e) {
     std::string message = "reading the inbounds of node '" + node + "' from " +
-                          where + " failed: " + OneLine(e.what());
+                          where + " failed: " + PgErrorText(e.what(), url_);
     // 42P01 undefined_table, 42883 undefined_function: an old schema.
     if (e.sqlstate() == "42P01" || e.sqlstate() == "42883") {
       message +=
@@ -86,7 +78,7 @@ Status PgInventory::Read(const std::string& node, Inventory* out) {
     return Status::Error(message);
   } catch (const std::exception& e) {
     return Status::Error("reading the inbounds of node '" + node + "' from " +
-                         where + " failed: " + OneLine(e.what()));
+                         where + " failed: " + PgErrorText(e.what(), url_));
   }
 }
 

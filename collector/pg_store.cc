@@ -13,6 +13,8 @@
 #include "log.h"
 #include "migrations.h"
 #include "pg_connection_defaults.h"
+#include "pg_error_text.h"
+#include "safe_text.h"
 #include "utf8.h"
 
 namespace boxmeter {
@@ -59,7 +61,7 @@ CREATE TEMP TABLE boxmeter_commit_rows (
   downlink bigint NOT NULL,
   base_uplink bigint NOT NULL,
   base_downlink bigint NOT NULL,
-  instance_start_ms bigint NOT NULL
+  generation bigint NOT NULL
 ) ON COMMIT DROP
 )sql";
 
@@ -89,18 +91,16 @@ WITH updated AS (
                     THEN 9223372036854775807 ELSE c.downlink + r.downlink END,
     base_uplink = r.base_uplink,
     base_downlink = r.base_downlink,
-    instance_start = timestamptz 'epoch' +
-                     r.instance_start_ms * interval '1 millisecond',
+    generation = r.generation,
     last_seen = now()
     FROM boxmeter_commit_rows r
    WHERE c.node = $1 AND c.kind = r.kind AND c.name = r.name
   RETURNING r.i, c.id, r.uplink, r.downlink
 ), inserted AS (
   INSERT INTO counters (node, kind, name, uplink, downlink,
-                        base_uplink, base_downlink, instance_start)
+                        base_uplink, base_downlink, generation)
   SELECT $1, r.kind, r.name, r.uplink, r.downlink, r.base_uplink,
-         r.base_downlink,
-         timestamptz 'epoch' + r.instance_start_ms * interval '1 millisecond'
+         r.base_downlink, r.generation
     FROM boxmeter_commit_rows r
    WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.i = r.i)
   RETURNING id, uplink, downlink
@@ -124,22 +124,18 @@ ON CONFLICT (counter_id, hour) DO UPDATE SET
                   ELSE h.downlink + excluded.downlink END
 )sql";
 
+// The node's current instance (schema/0005_instance_identity.sql), stored
+// with the baselines it qualifies. The guard has locked the row already.
+constexpr const char* kStoreInstance = R"sql(
+UPDATE nodes SET instance_boot_id = NULLIF($2, ''),
+                 instance_generation = $3::bigint,
+                 instance_start_lo_ms = $4::bigint,
+                 instance_start_hi_ms = $5::bigint
+ WHERE name = $1
+)sql";
+
 // schema/0002_generator.sql: what boxmeter-gen would read for node $1.
 constexpr const char* kUsersFingerprint = "SELECT users_fingerprint($1)";
-
-// libpq messages span lines (DETAIL, HINT); logs want one line per event.
-std::string OneLine(std::string_view text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '\n' || c == '\r') {
-      if (!out.empty() && out.back() != ' ') out += ' ';
-    } else {
-      out += c == '\t' ? ' ' : c;
-    }
-  }
-  while (!out.empty() && out.back() == ' ') out.pop_back();
-  return out;
-}
 
 // Whether PostgreSQL can store `text` in a UTF-8 database: well-formed
 // UTF-8 without NUL.
@@ -199,11 +195,11 @@ void LeaveOutUnindexable(pqxx::work& tx, const std::string& node,
       if (e.sqlstate() != "54000") throw;  // program_limit_exceeded
       tx.exec("ROLLBACK TO SAVEPOINT boxmeter_name_probe");
       LogWarn(
-          "left out {} counter whose name is {} bytes long (it starts {:?}): "
+          "left out {} counter whose name is {} bytes long (it starts {}): "
           "PostgreSQL cannot index a name that long; its traffic is not "
           "recorded",
           CounterKindName(row->key.kind), row->key.name.size(),
-          row->key.name.substr(0, 40));
+          QuotedText(row->key.name, 40));
       return true;
     }
   });
@@ -230,7 +226,7 @@ class NoticeLogger : public pqxx::errorhandler {
       : pqxx::errorhandler(connection) {}
   bool operator()(const char message[]) noexcept override {
     try {
-      LogDebug("postgresql: {}", OneLine(message));
+      LogDebug("postgresql: {}", PgErrorText(message, ""));
     } catch (...) {
     }
     return false;  // handled: do not pass on to the default printer
@@ -265,11 +261,11 @@ Status PgStore::Failed(const std::string& what, const std::exception& e) {
   std::string where = what + " on PostgreSQL " + redacted_url_ + ": ";
   if (broken) {
     return Status::Unavailable(
-        where + "connection lost or refused (" + OneLine(e.what()) +
+        where + "connection lost or refused (" + PgErrorText(e.what(), url_) +
         "); is the server up and database.url right? The next call "
         "reconnects");
   }
-  std::string message = where + OneLine(e.what());
+  std::string message = where + PgErrorText(e.what(), url_);
   if (auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
     if (!sql->sqlstate().empty())
       message += " [SQLSTATE " + sql->sqlstate() + "]";
@@ -323,8 +319,12 @@ Status PgStore::Migrate() {
       current = "applying migration " + std::string(migration.name);
       pqxx::work tx(pq);
       tx.exec(std::string(migration.sql));
-      tx.exec_params("INSERT INTO schema_migrations (name) VALUES ($1)",
-                     std::string(migration.name));
+      // Each file records itself too (so it applies with plain psql);
+      // this covers one that does not.
+      tx.exec_params(
+          "INSERT INTO schema_migrations (name) VALUES ($1) "
+          "ON CONFLICT (name) DO NOTHING",
+          std::string(migration.name));
       tx.commit();
       LogInfo("applied migration {} to {}", migration.name, redacted_url_);
     }
@@ -368,12 +368,17 @@ Status PgStore::LoadNode(NodeState* out) {
     // if another writer commits meanwhile.
     pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> tx(pq);
     NodeState state;
-    pqxx::row seq =
-        tx.exec_params1("SELECT commit_seq FROM nodes WHERE name = $1", node_);
-    state.commit_seq = seq[0].as<int64_t>();
+    pqxx::row node = tx.exec_params1(
+        "SELECT commit_seq, coalesce(instance_boot_id, ''), "
+        "instance_generation, coalesce(instance_start_lo_ms, 0), "
+        "coalesce(instance_start_hi_ms, 0) FROM nodes WHERE name = $1",
+        node_);
+    state.commit_seq = node[0].as<int64_t>();
+    state.instance.boot_id = node[1].as<std::string>();
+    state.instance.generation = node[2].as<int64_t>();
+    state.instance.start = {node[3].as<int64_t>(), node[4].as<int64_t>()};
     pqxx::result rows = tx.exec_params(
-        "SELECT kind, name, base_uplink, base_downlink, "
-        "floor(extract(epoch FROM instance_start) * 1000)::bigint "
+        "SELECT kind, name, base_uplink, base_downlink, generation "
         "FROM counters WHERE node = $1",
         node_);
     state.baselines.reserve(rows.size());
@@ -383,14 +388,25 @@ Status PgStore::LoadNode(NodeState* out) {
       Baseline baseline;
       baseline.key = {*kind, std::string(row[1].c_str(), row[1].size())};
       baseline.values = {row[2].as<int64_t>(), row[3].as<int64_t>()};
-      baseline.instance_start_ms = row[4].as<int64_t>();
+      baseline.generation = row[4].as<int64_t>();
       state.baselines.push_back(std::move(baseline));
     }
     tx.commit();
     *out = std::move(state);
     return Status::Ok();
   } catch (const std::exception& e) {
-    return Failed("loading node '" + node_ + "'", e);
+    Status status = Failed("loading node '" + node_ + "'", e);
+    // schema/0008_hardening.sql: a collector's login writes only the nodes
+    // the schema's owner granted it.
+    if (std::string_view(e.what()).find("row-level security") !=
+        std::string_view::npos) {
+      return Status::Error(status.message() +
+                           "; this login may not write node '" + node_ +
+                           "': have the schema's owner run SELECT "
+                           "grant_node('" +
+                           node_ + "', '<this login role>')");
+    }
+    return status;
   }
 }
 
@@ -447,20 +463,22 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
                   "; is another collector running with node: " + node_ +
                   "? The node's state must be reloaded from the database")};
     }
+    const InstanceIdentity& instance = batch.instance;
+    tx.exec_params(kStoreInstance, node_, instance.boot_id, instance.generation,
+                   instance.start.lo_ms, instance.start.hi_ms);
     LeaveOutUnindexable(tx, node_, &rows);
     if (!rows.empty()) {
       tx.exec(kCreateCommitTable);
-      pqxx::stream_to stream(
-          tx, std::string(kCommitTable),
-          std::vector<std::string>{"i", "kind", "name", "uplink", "downlink",
-                                   "base_uplink", "base_downlink",
-                                   "instance_start_ms"});
+      pqxx::stream_to stream(tx, std::string(kCommitTable),
+                             std::vector<std::string>{
+                                 "i", "kind", "name", "uplink", "downlink",
+                                 "base_uplink", "base_downlink", "generation"});
       int64_t i = 0;
       for (const CommitRow* row : rows) {
         stream << std::make_tuple(
             i++, std::string(CounterKindName(row->key.kind)), row->key.name,
             row->delta.uplink, row->delta.downlink, row->baseline.uplink,
-            row->baseline.downlink, row->instance_start_ms);
+            row->baseline.downlink, row->generation);
       }
       stream.complete();
       // Without statistics the planner guesses the table's size and may

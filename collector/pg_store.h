@@ -7,9 +7,10 @@
 //
 // A commit is one transaction of a fixed number of statements whatever the
 // batch size: bump the node's commit sequence (only if it is still the
-// expected one), COPY the rows into a temporary table, then one INSERT ...
-// ON CONFLICT that adds the deltas to the totals, sets the baselines, and
-// upserts the hourly history in the same statement.
+// expected one), store the node's current instance, COPY the rows into a
+// temporary table, then one INSERT ... ON CONFLICT that adds the deltas to
+// the totals, sets the baselines and their generations, and upserts the
+// hourly history in the same statement.
 //
 // Contract details beyond Store's:
 // - An empty batch is valid: it only moves the commit sequence.

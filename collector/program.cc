@@ -1,8 +1,11 @@
 #include "program.h"
 
+#include <sys/prctl.h>
 #include <sysexits.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 namespace boxmeter {
 
@@ -20,6 +23,16 @@ std::vector<FlagSpec> ProgramFlags(std::vector<FlagSpec> own) {
 
 std::optional<int> StartProgram(const ProgramInfo& program, int argc,
                                 const char* const* argv, CommandLine* cli) {
+  // The database password is in this process's memory, and may be in its
+  // environment. Non-dumpable, /proc/PID/environ, mem and the like are
+  // closed to every other process of the same uid (sing-box in a shared
+  // PID namespace, say), ptrace is refused, and no core is written.
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+    std::fprintf(stderr,
+                 "%s: warning: cannot make the process non-dumpable (%s); "
+                 "other processes of this user may read its environment\n",
+                 program.name.c_str(), std::strerror(errno));
+  }
   std::string error;
   if (!cli->Parse(program.flags, argc, argv, &error)) {
     std::fprintf(stderr, "%s: %s\n", program.name.c_str(), error.c_str());
@@ -41,7 +54,9 @@ bool LoadConfigOrReport(const ProgramInfo& program, const CommandLine& cli,
   Environment env = ProcessEnvironment();
   std::string path = ConfigPath(cli.Value("config"), env);
   std::vector<std::string> errors;
-  if (LoadConfig(path, env, config, &errors)) return true;
+  if (LoadConfig(path, env, config, &errors, program.config_user)) {
+    return true;
+  }
   for (const std::string& error : errors) {
     std::fprintf(stderr, "%s: %s\n", program.name.c_str(), error.c_str());
   }

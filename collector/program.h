@@ -15,16 +15,19 @@ namespace boxmeter {
 struct ProgramInfo {
   std::string name;  // "boxmeter-collector", for messages and --version
   std::vector<FlagSpec> flags;
-  std::string usage;  // the whole --help text
+  std::string usage;                                // the whole --help text
+  ConfigUser config_user = ConfigUser::kCollector;  // whose secrets to read
 };
 
 // The flags of a boxmeter binary: --config FILE, then `own`, then --version
 // and --help, which StartProgram answers.
 std::vector<FlagSpec> ProgramFlags(std::vector<FlagSpec> own);
 
-// Parses argv into `cli` and answers --help and --version. Returns the exit
-// code when the program is done (0 after help or version, EX_USAGE with a
-// message on stderr for a bad command line), nullopt to go on.
+// Makes the process non-dumpable (PR_SET_DUMPABLE 0: its /proc/PID/environ,
+// memory and core are closed to other processes of its uid), then parses
+// argv into `cli` and answers --help and --version. Call it first in main.
+// Returns the exit code when the program is done (0 after help or version,
+// EX_USAGE with a message on stderr for a bad command line), nullopt to go on.
 std::optional<int> StartProgram(const ProgramInfo& program, int argc,
                                 const char* const* argv, CommandLine* cli);
 

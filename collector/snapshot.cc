@@ -4,23 +4,23 @@
 
 #include <algorithm>
 
+#include "safe_text.h"
+
 namespace boxmeter {
 
 Status MakeSnapshot(const StatsReply& reply, Snapshot* out) {
-  int64_t start_before =
-      reply.before.at_ms - int64_t{reply.before.uptime_s} * 1000;
-  int64_t start_after =
-      reply.after.at_ms - int64_t{reply.after.uptime_s} * 1000;
-  if (!SameInstance(start_before, start_after)) {
+  StartInterval before = StartIntervalOf(reply.before, reply.same_kernel);
+  StartInterval after = StartIntervalOf(reply.after, reply.same_kernel);
+  if (!before.Overlaps(after)) {
     return Status::Unavailable(fmt::format(
         "the stats service restarted during the fetch (uptime {}s before the "
         "query, {}s after); the next poll will read the new instance",
         reply.before.uptime_s, reply.after.uptime_s));
   }
   Snapshot snapshot;
-  snapshot.taken_at_ms = reply.after.at_ms;
-  // The later sample is the closer one to the query's answer.
-  snapshot.instance_start_ms = start_after;
+  snapshot.taken_at_ms = reply.answered_wall_ms;
+  snapshot.instance = {reply.boot_id, reply.same_kernel,
+                       before.Intersect(after)};
   snapshot.counters.reserve(reply.stats.size() / 2 + 1);
   // A direction not seen yet holds kUnseen (values below zero are skipped
   // before they get here), so one map both merges the two directions of a
@@ -31,7 +31,11 @@ Status MakeSnapshot(const StatsReply& reply, Snapshot* out) {
   for (const RawStat& stat : reply.stats) {
     std::optional<CounterName> name = ParseCounterName(stat.name);
     if (!name) {
-      if (snapshot.malformed++ == 0) snapshot.first_malformed = stat.name;
+      // The peer's text: escaped and cut here, so the log line cannot
+      // rewrite a terminal and a huge name is not copied.
+      if (snapshot.malformed++ == 0) {
+        snapshot.first_malformed = SafeText(stat.name, kMaxShownName);
+      }
       continue;
     }
     if (stat.value < 0) {

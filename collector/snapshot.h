@@ -3,7 +3,7 @@
 // MakeSnapshot parses counter names, merges the uplink and downlink counters
 // of a tag or user into one entry, drops duplicates (sing-box returns a
 // counter once per pattern it matches) and works out which sing-box instance
-// answered: its start time, poll time minus uptime.
+// answered: the interval its start lies in (see InstanceIdentity).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "counter_name.h"
+#include "instance_identity.h"
 #include "stats_reply.h"
 #include "status.h"
 
@@ -23,29 +24,27 @@ struct CounterValues {
   bool operator==(const CounterValues& other) const = default;
 };
 
-// Start times of one instance computed from two uptime answers differ by the
-// uptime's one-second truncation plus the call's latency.
-inline constexpr int64_t kInstanceToleranceMs = 2000;
-
-inline bool SameInstance(int64_t start_a_ms, int64_t start_b_ms) {
-  int64_t diff = start_a_ms - start_b_ms;
-  return diff <= kInstanceToleranceMs && diff >= -kInstanceToleranceMs;
-}
-
 struct Snapshot {
-  int64_t taken_at_ms = 0;        // when QueryStats answered
-  int64_t instance_start_ms = 0;  // when the answering instance started
+  // Wall-clock ms when QueryStats answered: the hour of the history the
+  // traffic is filed under, nothing else.
+  int64_t taken_at_ms = 0;
+  // The answering instance: the intersection of the start intervals of the
+  // uptime answers before and after the query.
+  InstanceSighting instance;
   std::unordered_map<CounterKey, CounterValues, CounterKeyHash> counters;
 
   // What was skipped, so the caller can say so.
-  size_t duplicates = 0;        // the same name more than once
-  size_t malformed = 0;         // not a traffic counter of a known kind
-  size_t negative = 0;          // a value below zero
-  std::string first_malformed;  // an example, for the log
+  size_t duplicates = 0;  // the same name more than once
+  size_t malformed = 0;   // not a traffic counter of a known kind
+  size_t negative = 0;    // a value below zero
+  // The first malformed name, for the log: escaped and cut by SafeText
+  // (the peer may send anything, 2 MB of it or a terminal escape).
+  std::string first_malformed;
 };
 
 // Fails (kUnavailable) when the uptimes before and after the query belong to
-// different instances: sing-box restarted during the fetch; poll again.
+// different instances (their start intervals do not overlap): sing-box
+// restarted during the fetch; poll again.
 Status MakeSnapshot(const StatsReply& reply, Snapshot* out);
 
 }  // namespace boxmeter

@@ -24,6 +24,9 @@ struct LeaseState {
 
 struct NodeState {
   int64_t commit_seq = 0;
+  // The instance the newest baselines came from (an empty boot id when none
+  // is stored yet).
+  InstanceIdentity instance;
   std::vector<Baseline> baselines;
 };
 
@@ -60,12 +63,14 @@ class Store {
   // collectors may start at once. Each migration runs once.
   virtual Status Migrate() = 0;
 
-  // Registers the node if new and reads its commit sequence and baselines.
+  // Registers the node if new and reads its commit sequence, its current
+  // instance and its baselines, all as of one moment.
   virtual Status LoadNode(NodeState* out) = 0;
 
   // Applies `batch` in one transaction if the node's commit sequence is still
   // batch.expected_seq: adds the deltas to the totals and the hourly history,
-  // sets the baselines, and increments the sequence. A batch whose sequence
+  // sets the baselines (with their generations) and the node's instance
+  // (batch.instance), and increments the sequence. A batch whose sequence
   // no longer matches changes nothing and is kNotApplied.
   virtual CommitResult Commit(const CommitBatch& batch) = 0;
 

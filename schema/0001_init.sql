@@ -3,8 +3,9 @@
 -- link), and the views that are the stable contract for operators.
 --
 -- Applied once, in one transaction, by `boxmeter-collector --migrate` or at
--- start-up; recorded in schema_migrations (created by the migration runner).
--- Later changes go in new numbered files; never edit an applied one.
+-- start-up, or with `psql -1 -v ON_ERROR_STOP=1 -f`; recorded in
+-- schema_migrations (at its end, by each file itself). Later changes go in
+-- new numbered files; never edit an applied one.
 
 -- One row per sing-box node that a collector meters. commit_seq guards every
 -- commit: a collector's commit applies only if commit_seq is still the value
@@ -24,7 +25,7 @@ CREATE TABLE nodes (
 --
 -- fillfactor 50 leaves room in every page so the commit's updates are HOT:
 -- no index churn and no bloat, about twice as fast as the default on large
--- nodes (see DESIGN.md). No index may cover the columns a commit updates,
+-- nodes (see docs/design.md). No index may cover the columns a commit updates,
 -- or updates stop being HOT.
 CREATE TABLE counters (
   id bigserial PRIMARY KEY,
@@ -69,7 +70,7 @@ CREATE TABLE counter_hourly (
 CREATE INDEX counter_hourly_hour ON counter_hourly (hour);
 
 -- The users the generator puts into sing-box's inbounds. Which credential
--- fields matter depends on the inbound type (see DESIGN.md's table).
+-- fields matter depends on the inbound type (see docs/design.md's table).
 -- The stats user name is `name`.
 CREATE TABLE users (
   id bigserial PRIMARY KEY,
@@ -137,3 +138,13 @@ SELECT node, name AS tag, uplink, downlink,
        LEAST(uplink::numeric + downlink, 9223372036854775807)::bigint AS total
   FROM counters
  WHERE kind = 'outbound';
+
+-- Recorded by the file itself, so that it applies on its own with plain
+-- psql (psql -1 -v ON_ERROR_STOP=1 -f) as well as through the collector's
+-- migration runner, which creates the same table first.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  name text PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (name) VALUES ('0001_init.sql')
+ON CONFLICT (name) DO NOTHING;

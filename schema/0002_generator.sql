@@ -69,3 +69,13 @@ BEGIN
   RETURN digest;
 END
 $fingerprint$;
+
+-- Recorded by the file itself, so that it applies on its own with plain
+-- psql (psql -1 -v ON_ERROR_STOP=1 -f) as well as through the collector's
+-- migration runner, which creates the same table first.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  name text PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (name) VALUES ('0002_generator.sql')
+ON CONFLICT (name) DO NOTHING;

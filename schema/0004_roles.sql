@@ -131,3 +131,13 @@ GRANT SELECT ON user_traffic, inbound_traffic, outbound_traffic,
   TO boxmeter_readonly;
 GRANT EXECUTE ON FUNCTION top_users(timestamptz, timestamptz)
   TO boxmeter_readonly;
+
+-- Recorded by the file itself, so that it applies on its own with plain
+-- psql (psql -1 -v ON_ERROR_STOP=1 -f) as well as through the collector's
+-- migration runner, which creates the same table first.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  name text PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (name) VALUES ('0004_roles.sql')
+ON CONFLICT (name) DO NOTHING;

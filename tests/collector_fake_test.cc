@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -76,12 +77,7 @@ class CollectorFakeTest : public ::testing::Test {
   }
 
   ::testing::AssertionResult AwaitPolls(size_t count) {
-    size_t before = collector_->CountLogLines("last poll: ");
-    if (WaitUntil(
-            [&] {
-              return collector_->CountLogLines("last poll: ") >= before + count;
-            },
-            10s)) {
+    if (collector_->AwaitPolls(count, 10s)) {
       return ::testing::AssertionSuccess();
     }
     return ::testing::AssertionFailure()
@@ -216,6 +212,39 @@ TEST_F(CollectorFakeTest, TwoHundredThousandCountersAreCommittedInFull) {
   EXPECT_TRUE(WaitUntil([&] { return totals() == expected; }, 60s, 200ms))
       << "rows|bytes: " << totals() << "\ncollector log tail:\n"
       << collector_->LogTail();
+}
+
+// Reloads 1-2 s apart whose counters come back higher than before: only the
+// uptime tells the instances apart (taking one for the previous one would
+// count `value - last` and lose what it counted first). Each instance is
+// polled at least once after its last value. Issue 10; DISABLED_ until the
+// identity branch (monotonic-clock instance intervals) is merged into main.
+TEST_F(CollectorFakeTest, DISABLED_ReloadStormWithRisingCountersLosesNothing) {
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " 100"), "");
+  StartCollector();
+  ASSERT_TRUE(DatabaseHolds({{kAliceUp, 100}}));
+  int64_t total = 100;
+  std::mt19937 rng(10);
+  for (int64_t instance = 2; instance <= 9; ++instance) {
+    auto started = std::chrono::steady_clock::now();
+    auto life = std::chrono::milliseconds(
+        std::uniform_int_distribution<int>(1000, 2000)(rng));
+    ASSERT_EQ(fake_->Command("restart"), "");
+    int64_t value = instance * 100;  // above every earlier instance's
+    ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " " +
+                             std::to_string(value)),
+              "");
+    total += value;
+    ASSERT_TRUE(AwaitPolls(2)) << "instance " << instance;
+    // The rest of its 1-2 s of life; the collector keeps polling.
+    ASSERT_TRUE(AwaitPolls(1));
+    WaitUntil(
+        [&] { return std::chrono::steady_clock::now() - started >= life; },
+        life);
+  }
+  ASSERT_TRUE(DatabaseHolds({{kAliceUp, total}}));
+  ASSERT_TRUE(AwaitPolls(3));
+  EXPECT_TRUE(DatabaseHolds({{kAliceUp, total}}, 0ms));
 }
 
 }  // namespace

@@ -191,7 +191,7 @@ TEST_F(ConfigTest, TheExampleFileLoads) {
   std::vector<std::string> errors;
   ASSERT_TRUE(LoadConfig(example, {}, &config, &errors))
       << ::testing::PrintToString(errors);
-  // The values DESIGN.md's example shows, and the header's defaults.
+  // The values docs/design.md's example shows, and the header's defaults.
   EXPECT_EQ(config.node, "edge-1");
   EXPECT_EQ(config.source.address, "127.0.0.1:8080");
   EXPECT_EQ(config.source.timeout, milliseconds(5000));

@@ -116,6 +116,8 @@ TEST_F(ConfigWarningsTest, LoopbackAddressesAreQuiet) {
         "LocalHost:9", "api.localhost:8080", "[::ffff:127.0.0.1]:8080",
         "ip6-localhost:8080"}) {
     EXPECT_THAT(Warnings("host=db", 0600, address), IsEmpty()) << address;
+    // The same test tells the stats source it shares this kernel.
+    EXPECT_TRUE(IsLoopbackAddress(address)) << address;
   }
 }
 
@@ -129,6 +131,7 @@ TEST_F(ConfigWarningsTest, StatsApiOffLoopbackIsAWarning) {
                                     "\" is not a loopback address"),
                           HasSubstr("no TLS and no authentication"))))
         << address;
+    EXPECT_FALSE(IsLoopbackAddress(address)) << address;
   }
 }
 

@@ -41,6 +41,7 @@ struct FakeStatsServer::State {
   std::chrono::milliseconds delay{0};
   std::optional<Method> delay_only;
   grpc::StatusCode failure = grpc::StatusCode::OK;
+  std::string failure_message;
   bool duplicate_everything = false;
   bool empty_patterns_match_all = false;
   size_t touch_cursor = 0;
@@ -157,8 +158,7 @@ class FakeStatsServer::Service final : public api::StatsService::Service {
                           "the fake stats server is shutting down");
     }
     if (state_->failure != grpc::StatusCode::OK) {
-      return grpc::Status(state_->failure,
-                          "failure injected by the fake stats server");
+      return grpc::Status(state_->failure, state_->failure_message);
     }
     return grpc::Status::OK;
   }
@@ -249,9 +249,10 @@ void FakeStatsServer::SetDelay(std::chrono::milliseconds delay,
   state_->delay_only = only;
 }
 
-void FakeStatsServer::SetFailure(grpc::StatusCode code) {
+void FakeStatsServer::SetFailure(grpc::StatusCode code, std::string message) {
   std::lock_guard lock(state_->mu);
   state_->failure = code;
+  state_->failure_message = std::move(message);
 }
 
 void FakeStatsServer::SetDuplicateEverything(bool on) {

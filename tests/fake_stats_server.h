@@ -1,6 +1,6 @@
 // FakeStatsServer: an in-process gRPC server for
 // v2ray.core.app.stats.command.StatsService that behaves like sing-box's
-// experimental.v2ray_api (DESIGN.md), for fault tests and benchmarks:
+// experimental.v2ray_api (docs/design.md), for fault tests and benchmarks:
 //
 //   - QueryStats matches `patterns` (field 3) by substring, or by regexp when
 //     `regexp` is set, and ignores `pattern` (field 1), which only v2ray-core
@@ -8,7 +8,10 @@
 //     `patterns` returns nothing (some releases; switchable).
 //   - `reset` swaps a returned counter to 0.
 //   - GetSysStats answers Uptime: whole seconds since the simulated instance
-//     started, plus an offset tests can set.
+//     started, plus an offset tests can set, truncated and measured on
+//     CLOCK_MONOTONIC (std::chrono::steady_clock), as sing-box v1.13.2's
+//     experimental/v2rayapi/stats.go does with Go's monotonic clock: the
+//     clock the collector brackets its requests with.
 //   - Restart() is a sing-box restart or reload: every counter vanishes (they
 //     come back lazily, from 0) and the uptime starts again.
 //
@@ -69,8 +72,11 @@ class FakeStatsServer {
   // Every call (or only calls of `only`) waits `delay` before answering.
   void SetDelay(std::chrono::milliseconds delay,
                 std::optional<Method> only = std::nullopt);
-  // Every call fails with `code`; grpc::StatusCode::OK turns this off.
-  void SetFailure(grpc::StatusCode code);
+  // Every call fails with `code` and `message`; grpc::StatusCode::OK turns
+  // this off.
+  void SetFailure(
+      grpc::StatusCode code,
+      std::string message = "failure injected by the fake stats server");
   // Every stat of a QueryStats reply is sent twice, one right after the
   // other.
   void SetDuplicateEverything(bool on);

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -14,6 +16,7 @@
 #include <utility>
 
 #include "fake_stats_server.h"
+#include "safe_text.h"
 #include "snapshot.h"
 #include "support/process.h"
 
@@ -94,20 +97,29 @@ TEST(GrpcStatsSourceTest, SendsBothPatternFieldsAndNeverResets) {
   // Nothing was reset on the server.
   EXPECT_EQ(server.Get(kAliceUp), 100);
   EXPECT_EQ(server.Get(kAliceDown), 2000);
-  EXPECT_LE(result.reply.before.at_ms, result.reply.after.at_ms);
+  EXPECT_LE(result.reply.before.sent_ms, result.reply.before.received_ms);
+  EXPECT_LE(result.reply.before.received_ms, result.reply.after.sent_ms);
+  EXPECT_LE(result.reply.after.sent_ms, result.reply.after.received_ms);
 }
 
-TEST(GrpcStatsSourceTest, StampsUptimeSamplesWithTheInjectedClock) {
+TEST(GrpcStatsSourceTest, BracketsUptimeSamplesWithTheInjectedClock) {
   FakeStatsServer server;
   server.SetUptimeOffset(3600s);
-  int64_t now_ms = 1'000'000;
-  GrpcStatsSource source(server.address(), kLargeLimit,
-                         [&now_ms] { return now_ms += 10; });
+  std::atomic<int64_t> monotonic_ms = 1'000'000;
+  HostClock clock{[&monotonic_ms] { return monotonic_ms += 10; },
+                  [] { return int64_t{1'767'225'600'000}; }, "boot-x"};
+  GrpcStatsSource source(server.address(), kLargeLimit, clock);
 
   FetchResult result = FetchNow(source);
   ASSERT_TRUE(result.status.ok()) << result.status.message();
-  EXPECT_EQ(result.reply.before.at_ms, 1'000'010);
-  EXPECT_EQ(result.reply.after.at_ms, 1'000'020);
+  // Read before each request and after each answer, in that order.
+  EXPECT_EQ(result.reply.before.sent_ms, 1'000'010);
+  EXPECT_EQ(result.reply.before.received_ms, 1'000'020);
+  EXPECT_EQ(result.reply.after.sent_ms, 1'000'030);
+  EXPECT_EQ(result.reply.after.received_ms, 1'000'040);
+  EXPECT_EQ(result.reply.answered_wall_ms, 1'767'225'600'000);
+  EXPECT_EQ(result.reply.boot_id, "boot-x");
+  EXPECT_TRUE(result.reply.same_kernel);  // the fake listens on loopback
   EXPECT_GE(result.reply.before.uptime_s, 3600u);
   EXPECT_LE(result.reply.before.uptime_s, result.reply.after.uptime_s);
 }
@@ -155,7 +167,13 @@ TEST(GrpcStatsSourceTest, RestartShowsLowerValuesAndSmallerUptime) {
   Snapshot before, after;
   ASSERT_TRUE(MakeSnapshot(first.reply, &before).ok());
   ASSERT_TRUE(MakeSnapshot(second.reply, &after).ok());
-  EXPECT_FALSE(SameInstance(before.instance_start_ms, after.instance_start_ms));
+  // Both fetches on this kernel's CLOCK_MONOTONIC, the clock the fake's
+  // uptime runs on (as Go's does in sing-box): the intervals tell.
+  EXPECT_TRUE(before.instance.same_kernel);
+  EXPECT_FALSE(before.instance.start.Overlaps(after.instance.start));
+  InstanceIdentity identity;
+  identity.Continue(before.instance);
+  EXPECT_TRUE(identity.ProvesNew(after.instance));
 }
 
 TEST(GrpcStatsSourceTest, UnimplementedSaysHowToEnableTheApi) {
@@ -377,6 +395,60 @@ TEST(GrpcStatsSourceTest, MayBeDestroyedFromInsideDone) {
   ASSERT_EQ(done.wait_for(10s), std::future_status::ready);
   EXPECT_TRUE(done.get().ok());
   EXPECT_EQ(source, nullptr);
+}
+
+}  // namespace
+}  // namespace boxmeter
+
+namespace boxmeter {
+namespace {
+
+// True when no byte of `text` is a control character.
+bool Inert(const std::string& text) {
+  return std::none_of(text.begin(), text.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f;
+  });
+}
+
+TEST(GrpcStatsSourceTest, APeersErrorMessageIsEscapedAndCut) {
+  FakeStatsServer server;
+  // gRPC carries any bytes in grpc-message (percent-encoded); a few KB fit
+  // its default metadata limit.
+  std::string hostile =
+      "boom\r2026-01-01 info all is well\x1b[2J\x1b]0;pwned\x07\a" +
+      std::string(4000, 'z');
+  server.SetFailure(grpc::StatusCode::PERMISSION_DENIED, hostile);
+  GrpcStatsSource source(server.address(), kLargeLimit);
+
+  FetchResult result = FetchNow(source);
+  const std::string& message = result.status.message();
+  EXPECT_TRUE(Inert(message)) << message;
+  EXPECT_THAT(message, HasSubstr("boom\\r2026-01-01 info all is well"
+                                 "\\x1b[2J\\x1b]0;pwned\\x07\\x07"));
+  EXPECT_THAT(message, HasSubstr("bytes)"));
+  EXPECT_LT(message.size(), kMaxShownMessage + 300);
+}
+
+TEST(GrpcStatsSourceTest, AHostileCounterNameReachesTheLogInert) {
+  FakeStatsServer server;
+  // The query asks for names with ">>>traffic>>>"; the kind is unknown.
+  std::string name = "evil\r\x1b[1A\x1b[2K\a" + std::string(2'000'000, 'n') +
+                     ">>>traffic>>>uplink";
+  server.Set(name, 1);
+  GrpcStatsSource source(server.address(), kLargeLimit);
+
+  FetchResult result = FetchNow(source);
+  ASSERT_TRUE(result.status.ok()) << result.status.message();
+  Snapshot snapshot;
+  ASSERT_TRUE(MakeSnapshot(result.reply, &snapshot).ok());
+  EXPECT_EQ(snapshot.malformed, 1u);
+  // What the collector logs ("e.g. \"{first_malformed}\"").
+  EXPECT_TRUE(
+      snapshot.first_malformed.starts_with("evil\\r\\x1b[1A\\x1b[2K\\x07nnn"))
+      << snapshot.first_malformed.substr(0, 100);
+  EXPECT_TRUE(Inert(snapshot.first_malformed));
+  EXPECT_LT(snapshot.first_malformed.size(), kMaxShownName + 40);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <chrono>
@@ -181,6 +182,82 @@ TEST_F(HookRunnerTest, HookPastItsTimeoutIsKilledWithItsChildren) {
   ASSERT_FALSE(pid.empty());
   EXPECT_TRUE(testing::WaitUntil([&] { return Gone(std::stoi(pid)); }, 5s))
       << "the hook's background child " << pid << " survived the timeout";
+}
+
+// A child that calls setsid() leaves the hook's process group, so killing
+// the group missed it (issue 18).
+TEST_F(HookRunnerTest, ATimeoutEndsAChildInItsOwnSession) {
+  std::string pid_file = dir_.path() + "/pid";
+  auto runner =
+      Runner("setsid sleep 300 & echo $! > '" + pid_file + "'; wait", 300ms);
+  runner->UsersFingerprint("a");
+  runner->StartNow();
+  ASSERT_TRUE(LoopUntil([&] { return !ReadFile(pid_file).empty(); }));
+  pid_t pid = std::stoi(ReadFile(pid_file));
+  // It really is in a session of its own.
+  ASSERT_TRUE(testing::WaitUntil([&] { return getsid(pid) == pid; }, 5s));
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(runner->runs_failed(), 1);
+  EXPECT_TRUE(testing::WaitUntil([&] { return Gone(pid); }, 5s))
+      << "the hook's setsid child " << pid << " survived the timeout";
+}
+
+// Its parent gone too, it would be re-parented to init and out of reach;
+// as subreaper the runner keeps it below the collector.
+TEST_F(HookRunnerTest, ATimeoutEndsAnOrphanInItsOwnSession) {
+  std::string pid_file = dir_.path() + "/pid";
+  auto runner = Runner(
+      "(setsid sleep 300 & echo $! > '" + pid_file + "'); exec sleep 300",
+      300ms);
+  runner->UsersFingerprint("a");
+  runner->StartNow();
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(runner->runs_failed(), 1);
+  std::string pid = ReadFile(pid_file);
+  ASSERT_FALSE(pid.empty());
+  EXPECT_TRUE(testing::WaitUntil([&] { return Gone(std::stoi(pid)); }, 5s))
+      << "the hook's orphaned setsid child " << pid << " survived";
+}
+
+// What an earlier, successful run left running is not a later run's tree;
+// when it exits, the runner reaps it.
+TEST_F(HookRunnerTest, AnEarlierRunsBackgroundProcessIsSparedAndReaped) {
+  std::string pid_file = dir_.path() + "/pid";
+  auto runner =
+      Runner("if [ ! -s '" + pid_file + "' ]; then (setsid sleep 300 &" +
+                 " echo $! > '" + pid_file + "'); else exec sleep 300; fi",
+             300ms);
+  runner->UsersFingerprint("a");
+  runner->StartNow();
+  ASSERT_TRUE(Settle(*runner));
+  ASSERT_EQ(runner->runs_failed(), 0);
+  pid_t pid = std::stoi(ReadFile(pid_file));
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        std::string stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+        size_t paren = stat.rfind(')');
+        return paren != std::string::npos &&
+               std::stoi(stat.substr(paren + 4)) == getpid();
+      },
+      5s))
+      << "the orphan was not adopted by the runner's process";
+
+  runner->Tick();
+  runner->StartNow();
+  runner->UsersFingerprint("b");  // the second run times out
+  runner->StartNow();
+  ASSERT_TRUE(runner->running());
+  ASSERT_TRUE(Settle(*runner));
+  EXPECT_EQ(runner->runs_failed(), 1);
+  EXPECT_FALSE(Gone(pid)) << "an earlier run's process was killed";
+
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  runner->Reload({.on_users_changed = "", .timeout = 300ms});  // no more runs
+  EXPECT_TRUE(LoopUntil([&] {
+    runner->Tick();
+    runner->StartNow();
+    return ReadFile("/proc/" + std::to_string(pid) + "/stat").empty();
+  })) << "the adopted process was not reaped";
 }
 
 TEST_F(HookRunnerTest, CommandRunsAsConfiguredWithTheConfigPathInItsEnv) {

@@ -61,9 +61,12 @@ std::vector<std::string> HostileNames() {
 StatsReply ReplyOf(const std::vector<RawStat>& stats, int64_t at_ms = kStartMs,
                    uint32_t uptime_s = 100) {
   StatsReply reply;
-  reply.before = {at_ms, uptime_s};
+  reply.boot_id = "boot";
+  reply.same_kernel = true;
+  reply.answered_wall_ms = at_ms + 20;
+  reply.before = {at_ms, at_ms + 10, uptime_s};
   reply.stats = stats;
-  reply.after = {at_ms + 20, uptime_s};
+  reply.after = {at_ms + 10, at_ms + 20, uptime_s};
   return reply;
 }
 
@@ -101,7 +104,7 @@ TEST(HostileInputTest, HostileNamesReachTheCommitBatchUnchanged) {
   ASSERT_EQ(snapshot.counters.size(), HostileNames().size());
 
   DeltaEngine engine;
-  engine.Load(0, {});
+  engine.Load(0, {}, {});
   engine.Observe(snapshot);
   CommitBatch batch = engine.Prepare();
   ASSERT_EQ(batch.rows.size(), HostileNames().size());
@@ -159,7 +162,7 @@ TEST(HostileInputTest, ZeroNegativeAndMaximumValues) {
   EXPECT_EQ(snapshot.counters.at(edge), (CounterValues{0, kMax}));
 
   DeltaEngine engine;
-  engine.Load(0, {});
+  engine.Load(0, {}, {});
   engine.Observe(snapshot);
   CommitBatch first = engine.Prepare();
   ASSERT_EQ(first.rows.size(), 1u);
@@ -169,7 +172,8 @@ TEST(HostileInputTest, ZeroNegativeAndMaximumValues) {
   // A new instance counts the maximum again while the first is still
   // pending: the pending sum saturates instead of wrapping negative.
   Snapshot restarted = snapshot;
-  restarted.instance_start_ms += 60'000;
+  restarted.instance.start.lo_ms += 60'000;
+  restarted.instance.start.hi_ms += 60'000;
   restarted.taken_at_ms += 60'000;
   restarted.counters[edge] = {kMax, kMax};
   engine.Observe(restarted);

@@ -40,7 +40,7 @@ class HostilePgTest : public testing::PgDatabaseTest {
     Status status = store_->LoadNode(&state);
     ASSERT_TRUE(status.ok()) << status.message();
     engine_ = DeltaEngine();
-    engine_.Load(state.commit_seq, state.baselines);
+    engine_.Load(state.commit_seq, state.instance, state.baselines);
   }
 
   // One poll and commit of `stats` (uplink/downlink per name) from the
@@ -50,8 +50,11 @@ class HostilePgTest : public testing::PgDatabaseTest {
     StatsReply reply;
     poll_ms_ += 1000;
     uint32_t uptime = static_cast<uint32_t>((poll_ms_ - start_ms) / 1000);
-    reply.before = {poll_ms_, uptime};
-    reply.after = {poll_ms_, uptime};
+    reply.boot_id = "boot";
+    reply.same_kernel = true;
+    reply.answered_wall_ms = poll_ms_;
+    reply.before = {poll_ms_, poll_ms_, uptime};
+    reply.after = {poll_ms_, poll_ms_, uptime};
     for (const auto& [name, values] : counters) {
       reply.stats.push_back(
           {FormatCounterName(CounterKind::kUser, name, Direction::kUplink),

@@ -25,12 +25,12 @@ using std::chrono::milliseconds;
 // 2026-01-02 03:45:06.789 UTC, and the start of its hour.
 constexpr int64_t kObservedMs = 1767325506789;
 constexpr const char* kObservedHour = "2026-01-02 03:00:00+00";
-constexpr int64_t kInstanceMs = 1767320000123;  // a start time with ms
+constexpr int64_t kGeneration = 7;  // the baselines' instance
 
 CommitRow Row(CounterKind kind, std::string name, CounterValues delta,
-              CounterValues baseline, int64_t instance_start_ms = kInstanceMs) {
+              CounterValues baseline, int64_t generation = kGeneration) {
   return CommitRow{CounterKey{kind, std::move(name)}, delta, baseline,
-                   instance_start_ms};
+                   generation};
 }
 
 CommitBatch Batch(int64_t expected_seq, std::vector<CommitRow> rows,
@@ -143,11 +143,10 @@ TEST_F(PgStoreTest, CommitAppliesTotalsBaselinesHistoryAndSequence) {
   ASSERT_EQ(first.outcome, CommitOutcome::kApplied) << first.status.message();
 
   EXPECT_EQ(Query("SELECT kind, name, uplink, downlink, base_uplink, "
-                  "base_downlink, "
-                  "(extract(epoch FROM instance_start) * 1000)::bigint "
+                  "base_downlink, generation, instance_start IS NULL "
                   "FROM counters ORDER BY kind, name"),
-            "inbound|socks-in|300|4000|300|4000|1767320000123\n"
-            "user|alice|100|2000|150|2500|1767320000123");
+            "inbound|socks-in|300|4000|300|4000|7|t\n"
+            "user|alice|100|2000|150|2500|7|t");
   EXPECT_EQ(Query("SELECT commit_seq, last_commit_at IS NOT NULL FROM nodes"),
             "1|t");
 
@@ -225,7 +224,7 @@ TEST_F(PgStoreTest, AwkwardNamesRoundTripThroughCopy) {
   for (const std::string& name : names) {
     ++i;
     rows.push_back(Row(CounterKind::kUser, name, {i, 2 * i}, {10 * i, 20 * i},
-                       kInstanceMs + i));
+                       kGeneration + i));
   }
   CommitResult result = store->Commit(Batch(0, rows));
   ASSERT_EQ(result.outcome, CommitOutcome::kApplied) << result.status.message();
@@ -242,13 +241,43 @@ TEST_F(PgStoreTest, AwkwardNamesRoundTripThroughCopy) {
     auto it = got.find(CounterKey{CounterKind::kUser, name});
     ASSERT_NE(it, got.end()) << "lost: " << name;
     EXPECT_EQ(it->second.values, (CounterValues{10 * i, 20 * i})) << name;
-    EXPECT_EQ(it->second.instance_start_ms, kInstanceMs + i) << name;
+    EXPECT_EQ(it->second.generation, kGeneration + i) << name;
   }
   // And the database holds the very bytes, not an escaped form.
   EXPECT_EQ(Query("SELECT count(*) FROM counters WHERE name = "
                   "E'tab\\there' OR name = E'back\\\\slash\\\\' OR "
                   "name = 'ünïcødé 用户 🚀'"),
             "3");
+}
+
+TEST_F(PgStoreTest, AnUpgradeKnowsNoInstanceAndKeepsEveryBaseline) {
+  // A database as 0004 left it, with a counter an older collector wrote.
+  Query(
+      "CREATE TABLE schema_migrations (name text PRIMARY KEY, "
+      "applied_at timestamptz NOT NULL DEFAULT now())");
+  for (const Migration& migration : EmbeddedMigrations()) {
+    if (migration.name >= "0005") break;
+    Query(std::string(migration.sql));
+    Query("INSERT INTO schema_migrations (name) VALUES ('" +
+          std::string(migration.name) + "')");
+  }
+  Query(
+      "INSERT INTO nodes (name, commit_seq) VALUES ('edge-1', 9); "
+      "INSERT INTO counters (node, kind, name, uplink, downlink, base_uplink, "
+      "base_downlink, instance_start) VALUES ('edge-1', 'user', 'alice', 10, "
+      "20, 10, 20, now())");
+
+  PgStore store(url(), "edge-1");
+  ASSERT_TRUE(store.Migrate().ok());
+  NodeState state;
+  ASSERT_TRUE(store.LoadNode(&state).ok());
+  EXPECT_EQ(state.commit_seq, 9);
+  // No instance known: the first observation is taken as the same instance
+  // unless a counter fell (DeltaEngine's rule).
+  EXPECT_EQ(state.instance, InstanceIdentity{});
+  ASSERT_EQ(state.baselines.size(), 1u);
+  EXPECT_EQ(state.baselines[0].values, (CounterValues{10, 20}));
+  EXPECT_EQ(state.baselines[0].generation, 0);
 }
 
 TEST_F(PgStoreTest, ViewsSumUsersOverNodes) {
@@ -300,32 +329,42 @@ TEST_F(PgStoreTest, ViewsSumUsersOverNodes) {
 
 TEST_F(PgStoreTest, LoadNodeReturnsWhatCommitWrote) {
   auto writer = Ready("edge-1");
-  ASSERT_EQ(writer
-                ->Commit(Batch(
-                    0, {Row(CounterKind::kUser, "alice", {5, 6},
-                            {123456789, 987}, 1700000000001),
-                        Row(CounterKind::kOutbound, "direct", {1, 1}, {42, 43},
-                            -1234),  // before 1970: still exact
-                        Row(CounterKind::kInbound, "in", {1, 0}, {1, 0},
-                            1767320000999)}))
-                .outcome,
-            CommitOutcome::kApplied);
+  NodeState fresh;
+  ASSERT_TRUE(writer->LoadNode(&fresh).ok());
+  EXPECT_EQ(fresh.instance, InstanceIdentity{});  // nothing known yet
+
+  CommitBatch batch =
+      Batch(0, {Row(CounterKind::kUser, "alice", {5, 6}, {123456789, 987}, 3),
+                Row(CounterKind::kOutbound, "direct", {1, 1}, {42, 43}, 2),
+                Row(CounterKind::kInbound, "in", {1, 0}, {1, 0}, 0)});
+  // CLOCK_MONOTONIC ms can be anything from a fresh boot's to a long one's.
+  batch.instance = {
+      "0b5e7f1c-2f64-4e1a-9d6c-1f3a2b4c5d6e", 3, {-1234, 9'000'000'000'001}};
+  ASSERT_EQ(writer->Commit(batch).outcome, CommitOutcome::kApplied);
 
   PgStore reader(url(), "edge-1");  // a restarted collector
   NodeState state;
   Status status = reader.LoadNode(&state);
   ASSERT_TRUE(status.ok()) << status.message();
   EXPECT_EQ(state.commit_seq, 1);
+  EXPECT_EQ(state.instance, batch.instance);
   std::map<CounterKey, Baseline> got = ByKey(state.baselines);
   ASSERT_EQ(got.size(), 3u);
   const Baseline& alice = got[{CounterKind::kUser, "alice"}];
   EXPECT_EQ(alice.values, (CounterValues{123456789, 987}));
-  EXPECT_EQ(alice.instance_start_ms, 1700000000001);
+  EXPECT_EQ(alice.generation, 3);
   const Baseline& direct = got[{CounterKind::kOutbound, "direct"}];
   EXPECT_EQ(direct.values, (CounterValues{42, 43}));
-  EXPECT_EQ(direct.instance_start_ms, -1234);
-  EXPECT_EQ(got[(CounterKey{CounterKind::kInbound, "in"})].instance_start_ms,
-            1767320000999);
+  EXPECT_EQ(direct.generation, 2);
+  EXPECT_EQ(got[(CounterKey{CounterKind::kInbound, "in"})].generation, 0);
+
+  // A commit without rows still stores the instance (a restart seen while
+  // no counter has traffic yet).
+  CommitBatch empty = Batch(1, {});
+  empty.instance = {"another-boot", 4, {10, 20}};
+  ASSERT_EQ(writer->Commit(empty).outcome, CommitOutcome::kApplied);
+  ASSERT_TRUE(reader.LoadNode(&state).ok());
+  EXPECT_EQ(state.instance, empty.instance);
 
   // Another node's counters are not this node's baselines.
   NodeState other;

@@ -3,7 +3,9 @@
 // hooks.on_users_changed running the real boxmeter-gen. A user whose
 // committed traffic crosses her quota disappears from the written sing-box
 // config while the others stay; an operator disabling a user without any
-// traffic is noticed the same way.
+// traffic is noticed the same way. With the real v2ray-core carrying the
+// traffic: a socks inbound whose last user goes over quota is left out of
+// the config, and nothing accepts connections there any more.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -19,6 +21,8 @@
 #include "fake_stats_process.h"
 #include "pg_server.h"
 #include "process.h"
+#include "traffic.h"
+#include "v2ray_server.h"
 
 namespace boxmeter::testing {
 namespace {
@@ -219,6 +223,149 @@ TEST_F(QuotaLoopTest, UserOverQuotaLeavesTheConfigAndTheOthersStay) {
 
   collector_->Signal(SIGTERM);
   EXPECT_EQ(collector_->Wait(20s), 0) << Tail(ReadFile(log_));
+}
+
+// The same loop with the real v2ray-core carrying and counting the traffic
+// of two socks inbounds, one user each. v2ray-core cannot load sing-box's
+// config, so the test translates what boxmeter-gen wrote (each socks
+// inbound and its users) into v2ray-core's config and restarts v2ray-core
+// with it, as a reload of sing-box would. When alice, the only user of
+// socks-a, goes over quota, boxmeter-gen leaves socks-a out (it would
+// otherwise be written with no users, and sing-box's socks inbound would
+// then accept anyone without authentication): the translated config has no
+// socks-a, so nothing accepts connections there any more, with or without
+// credentials, while bob's socks-b still carries his traffic.
+class QuotaLoopV2RayTest : public QuotaLoopTest {
+ protected:
+  void SetUp() override {
+    pg_ = std::make_unique<PgServer>();
+    url_ = pg_->CreateDatabase("quota");
+    output_ = dir_.path() + "/config.json";
+    log_ = dir_.path() + "/collector.log";
+    target_ = std::make_unique<HttpTarget>();
+    std::ofstream(dir_.path() + "/base.json")
+        << R"({"outbounds": [{"type": "direct", "tag": "direct"}]})"
+        << "\n";
+    std::string log;
+    WriteConfigFile("127.0.0.1:1");
+    ASSERT_EQ(RunCommand(Command({BOXMETER_COLLECTOR_BIN, "--config",
+                                  config_path(), "--migrate"}),
+                         60s, &log),
+              0)
+        << log;
+    pg_->Query("quota", R"sql(
+      INSERT INTO users (name, password, quota_bytes) VALUES
+        ('alice', 'alice-pw', 50000), ('bob', 'bob-pw', NULL);
+      INSERT INTO inbounds (node, tag, type, listen, listen_port) VALUES
+        ('e2e', 'socks-a', 'socks', '127.0.0.1', 1081),
+        ('e2e', 'socks-b', 'socks', '127.0.0.1', 1082);
+      INSERT INTO inbound_users SELECT i.id, u.id FROM inbounds i, users u
+       WHERE (i.tag, u.name) IN (('socks-a', 'alice'), ('socks-b', 'bob'));
+    )sql");
+  }
+
+  void WriteConfigFile(const std::string& stats_address) {
+    std::ofstream(config_path(), std::ios::trunc)
+        << "node: e2e\n"
+        << "source:\n  address: \"" << stats_address << "\"\n"
+        << "  timeout: 2s\n"
+        << "database:\n  url: \"" << url_ << "\"\n"
+        << "poll:\n  interval: 200ms\n"
+        << "generator:\n  template: \"" << dir_.path() << "/base.json\"\n"
+        << "  output: \"" << output_ << "\"\n"
+        << "hooks:\n  on_users_changed: \"'" << BOXMETER_GEN_BIN
+        << "' && echo HOOK-DONE >&2\"\n"
+        << "  timeout: 30s\n";
+  }
+
+  // v2ray-core's socks inbounds for the sing-box config boxmeter-gen wrote:
+  // one per socks inbound, with its users as accounts. Fails the test on
+  // anything but socks inbounds with users.
+  static V2RayServer::Options Translate(const Json& config) {
+    V2RayServer::Options options;
+    for (const Json& inbound : config["inbounds"]) {
+      EXPECT_EQ(inbound["type"], "socks") << inbound.dump();
+      EXPECT_FALSE(inbound["users"].empty())
+          << "an inbound without users: " << inbound.dump();
+      V2RayServer::Inbound translated{inbound["tag"], {}};
+      for (const Json& user : inbound["users"]) {
+        translated.accounts.push_back({user["username"], user["password"]});
+      }
+      options.inbounds.push_back(std::move(translated));
+    }
+    return options;
+  }
+
+  std::vector<std::string> Tags() {
+    std::vector<std::string> tags;
+    Json config = Json::parse(ReadFile(output_), nullptr, false);
+    if (config.is_discarded()) return {"(not JSON)"};
+    for (const Json& inbound : config["inbounds"])
+      tags.push_back(inbound["tag"]);
+    return tags;
+  }
+
+  std::unique_ptr<HttpTarget> target_;
+};
+
+TEST_F(QuotaLoopV2RayTest,
+       LastUserOverQuotaClosesTheInboundInsteadOfOpeningIt) {
+  // The first config, written before v2ray-core starts, has both inbounds.
+  std::string log;
+  ASSERT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--config", config_path()}),
+                       60s, &log),
+            0)
+      << log;
+  ASSERT_EQ(Tags(), (std::vector<std::string>{"socks-a", "socks-b"}));
+  auto v2ray =
+      std::make_unique<V2RayServer>(Translate(Json::parse(ReadFile(output_))));
+  v2ray->Start();
+  const int port_a = v2ray->SocksPort(0);
+  WriteConfigFile(v2ray->ApiAddress());
+  StartCollector();
+
+  // alice moves 100 kB through socks-a: twice her quota.
+  PushTraffic(*target_, port_a, "alice", "alice-pw", 100000, 0);
+  PushTraffic(*target_, v2ray->SocksPort(1), "bob", "bob-pw", 1000, 1000);
+  ASSERT_TRUE(
+      WaitUntil([&] { return Tags() == std::vector<std::string>{"socks-b"}; },
+                kWait, 100ms))
+      << ReadFile(output_) << "\ncollector log:\n"
+      << Tail(ReadFile(log_));
+  EXPECT_GE(
+      std::stoll(pg_->Query(
+          "quota", "SELECT total FROM user_traffic WHERE name = 'alice'")),
+      100000);
+  EXPECT_GE(CountLines(ReadFile(log_),
+                       "inbound 'socks-a' (type socks) left out: none of its "
+                       "users is eligible now"),
+            1u)
+      << Tail(ReadFile(log_));
+  Json config = Json::parse(ReadFile(output_));
+  EXPECT_EQ(config["experimental"]["v2ray_api"]["stats"]["inbounds"],
+            Json::array({"socks-b"}));
+  EXPECT_EQ(config["experimental"]["v2ray_api"]["stats"]["users"],
+            Json::array({"bob"}));
+
+  // "Reload": v2ray-core restarted from the new config.
+  collector_->Signal(SIGTERM);
+  EXPECT_EQ(collector_->Wait(20s), 0) << Tail(ReadFile(log_));
+  v2ray->Stop();
+  v2ray = std::make_unique<V2RayServer>(Translate(config));
+  v2ray->Start();
+  ASSERT_EQ(v2ray->options().inbounds.size(), 1u);
+  EXPECT_NE(v2ray->SocksPort(0), port_a);
+  EXPECT_THROW(PushTraffic(*target_, port_a, "alice", "alice-pw", 1000, 0),
+               std::runtime_error)
+      << "socks-a still carries alice's traffic";
+  EXPECT_THROW(PushTraffic(*target_, port_a, "anyone", "guess", 1000, 0),
+               std::runtime_error)
+      << "socks-a lets a stranger through";
+  EXPECT_THROW(
+      PushTraffic(*target_, v2ray->SocksPort(0), "alice", "alice-pw", 1000, 0),
+      std::runtime_error)
+      << "alice gets in through bob's inbound";
+  PushTraffic(*target_, v2ray->SocksPort(0), "bob", "bob-pw", 1000, 0);
 }
 
 }  // namespace

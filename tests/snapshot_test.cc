@@ -5,13 +5,17 @@
 namespace boxmeter {
 namespace {
 
-constexpr int64_t kNow = 1'700'000'100'000;
+constexpr int64_t kNow = 500'000;  // CLOCK_MONOTONIC ms
+constexpr int64_t kWallNow = 1'700'000'100'000;
 
 StatsReply Reply(std::vector<RawStat> stats, uint32_t uptime_s = 100) {
   StatsReply reply;
-  reply.before = {kNow - 20, uptime_s};
+  reply.boot_id = "boot-a";
+  reply.same_kernel = true;
+  reply.answered_wall_ms = kWallNow;
+  reply.before = {kNow - 30, kNow - 20, uptime_s};
   reply.stats = std::move(stats);
-  reply.after = {kNow, uptime_s};
+  reply.after = {kNow - 10, kNow, uptime_s};
   return reply;
 }
 
@@ -27,8 +31,12 @@ TEST(SnapshotTest, MergesDirectionsIntoOneEntry) {
             (CounterValues{10, 20}));
   EXPECT_EQ((snapshot.counters[{CounterKind::kInbound, "a"}]),
             (CounterValues{30, 0}));
-  EXPECT_EQ(snapshot.taken_at_ms, kNow);
-  EXPECT_EQ(snapshot.instance_start_ms, kNow - 100'000);
+  EXPECT_EQ(snapshot.taken_at_ms, kWallNow);
+  // Before: (kNow - 30 - 101 s, kNow - 20 + 1 - 100 s); after: (kNow - 10 -
+  // 101 s, kNow + 1 - 100 s). The instance started inside both.
+  EXPECT_EQ(snapshot.instance,
+            (InstanceSighting{
+                "boot-a", true, {kNow - 10 - 101'000, kNow - 19 - 100'000}}));
 }
 
 TEST(SnapshotTest, DropsDuplicatesKeepingTheLargerValue) {
@@ -66,12 +74,53 @@ TEST(SnapshotTest, RestartDuringTheFetchIsRefused) {
             std::string::npos);
 }
 
-TEST(SnapshotTest, UptimeTruncationIsWithinTolerance) {
+TEST(SnapshotTest, UptimeTruncationIsOneInstance) {
   StatsReply reply = Reply({});
-  reply.before = {kNow - 900, 99};  // 99.9 s truncated to 99
-  reply.after = {kNow, 100};
+  reply.before = {kNow - 901, kNow - 900, 99};  // 99.9 s truncated to 99
+  reply.after = {kNow - 1, kNow, 100};
   Snapshot snapshot;
-  EXPECT_TRUE(MakeSnapshot(reply, &snapshot).ok());
+  ASSERT_TRUE(MakeSnapshot(reply, &snapshot).ok());
+  // Before: (kNow - 100.901 s, kNow - 99.899 s); after: (kNow - 101.001 s,
+  // kNow - 99.999 s).
+  EXPECT_EQ(snapshot.instance.start,
+            (StartInterval{kNow - 901 - 100'000, kNow + 1 - 100'000}));
+}
+
+TEST(SnapshotTest, ALateAnswerWidensTheIntervalWithoutShiftingIt) {
+  StatsReply reply = Reply({});
+  // The first answer took 1.5 s to arrive, the second 20 ms.
+  reply.before = {kNow - 1'600, kNow - 100, 100};
+  reply.after = {kNow - 20, kNow, 100};
+  Snapshot snapshot;
+  ASSERT_TRUE(MakeSnapshot(reply, &snapshot).ok());
+  EXPECT_EQ(snapshot.instance.start,
+            (StartInterval{kNow - 20 - 101'000, kNow - 99 - 100'000}));
+}
+
+TEST(SnapshotTest, AnswersWhoseIntervalsOnlyTouchAreTwoInstances) {
+  StatsReply reply = Reply({});
+  // Before: started in (kNow - 1000 - 101 s, kNow - 999 - 100 s).
+  reply.before = {kNow - 1'000, kNow - 1'000, 100};
+  // 1 ms later the uptime is 99: started in (kNow - 999 - 100 s, ...).
+  reply.after = {kNow - 999, kNow - 999, 99};
+  Snapshot snapshot;
+  EXPECT_EQ(MakeSnapshot(reply, &snapshot).code(), Status::Code::kUnavailable);
+  // Sent 1 ms earlier, the two intervals share one millisecond.
+  reply.after.sent_ms -= 1;
+  ASSERT_TRUE(MakeSnapshot(reply, &snapshot).ok());
+  EXPECT_EQ(snapshot.instance.start,
+            (StartInterval{kNow - 1'000 - 100'000, kNow - 999 - 100'000}));
+}
+
+TEST(SnapshotTest, ARemoteSourceAllowsForClockDrift) {
+  StatsReply reply = Reply({});
+  reply.same_kernel = false;
+  Snapshot snapshot;
+  ASSERT_TRUE(MakeSnapshot(reply, &snapshot).ok());
+  // 101 s at 500 ppm: 50.5 ms, rounded up, on each side.
+  EXPECT_EQ(snapshot.instance.start, (StartInterval{kNow - 10 - 101'000 - 51,
+                                                    kNow - 19 - 100'000 + 51}));
+  EXPECT_FALSE(snapshot.instance.same_kernel);
 }
 
 }  // namespace

@@ -38,13 +38,11 @@ std::string ResultText(const pqxx::result& result) {
 
 Meter::Meter(const std::string& url, std::string node)
     : store_(url, node), node_(std::move(node)) {
-  instance_start_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
-                           std::chrono::system_clock::now().time_since_epoch())
-                           .count();
   NodeState state;
   Status status = store_.LoadNode(&state);
   if (!status.ok()) throw std::runtime_error(status.message());
   seq_ = state.commit_seq;
+  instance_ = state.instance;
   for (const Baseline& b : state.baselines) cumulative_[b.key] = b.values;
 }
 
@@ -52,6 +50,7 @@ void Meter::Commit(const std::vector<Traffic>& traffic, int64_t observed_ms) {
   CommitBatch batch;
   batch.expected_seq = seq_;
   batch.observed_at_ms = observed_ms;
+  batch.instance = instance_;
   // Traffic of one counter listed twice is one row, as in a snapshot.
   std::map<CounterKey, CounterValues> deltas;
   for (const Traffic& t : traffic) {
@@ -64,7 +63,7 @@ void Meter::Commit(const std::vector<Traffic>& traffic, int64_t observed_ms) {
     CounterValues& total = next[key];
     total.uplink += delta.uplink;
     total.downlink += delta.downlink;
-    batch.rows.push_back(CommitRow{key, delta, total, instance_start_ms_});
+    batch.rows.push_back(CommitRow{key, delta, total, instance_.generation});
   }
   CommitResult result = store_.Commit(batch);
   if (result.outcome != CommitOutcome::kApplied) {

@@ -48,7 +48,7 @@ class Meter {
   PgStore store_;
   std::string node_;
   int64_t seq_ = 0;
-  int64_t instance_start_ms_;
+  InstanceIdentity instance_;  // kept as loaded: one instance throughout
   std::map<CounterKey, CounterValues> cumulative_;
 };
 

@@ -23,7 +23,14 @@ class SqlRolesTest : public SqlTest {
     meter_ = "meter_" + database();
     gen_ = "gen_" + database();
     grafana_ = "grafana_" + database();
+    operator_ = "operator_" + database();
+    other_meter_ = "meter2_" + database();
     Query("CREATE ROLE " + meter_ + " LOGIN IN ROLE boxmeter_collector; " +
+          "CREATE ROLE " + other_meter_ +
+          " LOGIN IN ROLE boxmeter_collector; " + "CREATE ROLE " + operator_ +
+          " LOGIN IN ROLE boxmeter_operator; " +
+          "SELECT grant_node('edge-1', '" + meter_ + "'); " +
+          "SELECT grant_node('edge-2', '" + other_meter_ + "'); " +
           "CREATE ROLE " + gen_ + " LOGIN IN ROLE boxmeter_generator; " +
           "CREATE ROLE " + grafana_ + " LOGIN IN ROLE boxmeter_readonly; " +
           "INSERT INTO inbounds (node, tag, type, listen_port) "
@@ -33,11 +40,10 @@ class SqlRolesTest : public SqlTest {
           "SELECT link_user('alice', 'edge-1', 'vless-in');");
   }
 
-  // A user counter's row of a commit, from an instance started today.
+  // A user counter's row of a commit, from the node's first instance.
   static CommitRow Row(const std::string& name, int64_t delta, int64_t base) {
     return CommitRow{CounterKey{CounterKind::kUser, name},
-                     CounterValues{delta, delta}, CounterValues{base, base},
-                     DayMs(0)};
+                     CounterValues{delta, delta}, CounterValues{base, base}, 0};
   }
 
   // Expects `sql`, run as `role`, to be refused for lack of privilege.
@@ -47,7 +53,9 @@ class SqlRolesTest : public SqlTest {
     EXPECT_EQ(error.sqlstate, kPermissionDenied) << error.message;
   }
 
-  std::string meter_, gen_, grafana_;  // login roles of the three groups
+  // Login roles of the four groups; meter_ is granted node edge-1,
+  // other_meter_ edge-2.
+  std::string meter_, other_meter_, gen_, grafana_, operator_;
 };
 
 TEST_F(SqlRolesTest, CollectorWorksAsALoginRoleOfBoxmeterCollector) {
@@ -99,6 +107,121 @@ TEST_F(SqlRolesTest, CollectorCannotTouchUsersOrCredentials) {
            "CREATE TABLE mine (x int)",
        }) {
     ExpectRefused(meter_, sql);
+  }
+}
+
+// Issue 12: one compromised node cannot zero the others' usage, nor delete
+// history the retention keeps.
+TEST_F(SqlRolesTest, ACollectorWritesOnlyItsGrantedNodeAndOldHistory) {
+  meter("edge-2").Commit({{CounterKind::kUser, "alice", 100, 100}}, DayMs(0));
+  Query(
+      "INSERT INTO counter_hourly SELECT id, now() - interval '500 days', "
+      "1, 1 FROM counters");
+  // As edge-1's collector: nothing of edge-2's moves.
+  EXPECT_EQ(Query("WITH c AS (UPDATE counters SET uplink = 0, downlink = 0 "
+                  "WHERE node = 'edge-2' RETURNING 1) SELECT count(*) FROM c",
+                  meter_),
+            "0");
+  EXPECT_EQ(Query("WITH c AS (UPDATE nodes SET commit_seq = 0 WHERE name = "
+                  "'edge-2' RETURNING 1) SELECT count(*) FROM c",
+                  meter_),
+            "0");
+  EXPECT_EQ(Query("WITH c AS (UPDATE counter_hourly SET uplink = 0 "
+                  "RETURNING 1) SELECT count(*) FROM c",
+                  meter_),
+            "0");
+  // History younger than history_retention.keep stays; older goes.
+  EXPECT_EQ(Query("WITH c AS (DELETE FROM counter_hourly WHERE hour > now() "
+                  "- interval '10 days' RETURNING 1) SELECT count(*) FROM c",
+                  meter_),
+            "0");
+  EXPECT_EQ(Query("WITH c AS (DELETE FROM counter_hourly RETURNING 1) "
+                  "SELECT count(*) FROM c",
+                  meter_),
+            "1");
+  for (const char* sql : {
+           "INSERT INTO counters (node, kind, name, instance_start) "
+           "VALUES ('edge-2', 'user', 'x', now())",
+           "INSERT INTO nodes (name) VALUES ('edge-9')",
+           "UPDATE nodes SET retired_at = now()",
+           "INSERT INTO counter_hourly SELECT id, now() - interval '1 hour', "
+           "1, 1 FROM counters WHERE node = 'edge-2'",
+           "SELECT grant_node('edge-2', current_user)",
+           "INSERT INTO node_grants VALUES ('edge-2', current_user)",
+           "UPDATE history_retention SET keep = '1 hour'",
+           "SELECT retire_node('edge-2')",
+       }) {
+    ExpectRefused(meter_, sql);
+  }
+  EXPECT_EQ(Query("SELECT total, nodes FROM user_traffic"), "200|1");
+  // A collector whose login was granted no node cannot register one.
+  PgStore store(Url(meter_), "edge-3");
+  NodeState state;
+  Status loaded = store.LoadNode(&state);
+  EXPECT_FALSE(loaded.ok());
+  EXPECT_NE(loaded.message().find("row-level security"), std::string::npos)
+      << loaded.message();
+  EXPECT_NE(loaded.message().find("SELECT grant_node('edge-3', "),
+            std::string::npos)
+      << loaded.message();
+  // Granted, it does.
+  EXPECT_EQ(Query("SELECT grant_node('edge-3', '" + meter_ + "')"),
+            "role '" + meter_ + "' may write node 'edge-3'");
+  loaded = store.LoadNode(&state);
+  EXPECT_TRUE(loaded.ok()) << loaded.message();
+  SqlError no_role = Error("SELECT grant_node('edge-3', 'nobody_at_all')");
+  EXPECT_EQ(no_role.sqlstate, "42704");
+  EXPECT_NE(no_role.message.find("no role 'nobody_at_all'"), std::string::npos)
+      << no_role.message;
+  SqlError no_member = Error("SELECT grant_node('edge-3', '" + grafana_ + "')");
+  EXPECT_EQ(no_member.sqlstate, "0LP01");
+  EXPECT_NE(no_member.message.find("not a member of boxmeter_collector"),
+            std::string::npos)
+      << no_member.message;
+}
+
+// Users, inbounds, links and quotas, and reading traffic; nothing else.
+TEST_F(SqlRolesTest, TheOperatorDoesTheDailyWorkAndNothingMore) {
+  meter("edge-1").Commit({{CounterKind::kUser, "alice", 100, 100}}, DayMs(0));
+  EXPECT_EQ(
+      Query("SELECT name FROM add_user('bob', quota_bytes => 1000)", operator_),
+      "bob");
+  EXPECT_EQ(Query("SELECT link_user('bob', 'edge-1', 'vless-in')", operator_),
+            "t");
+  EXPECT_EQ(Query("SELECT state FROM set_quota('alice', 100)", operator_),
+            "over_quota");
+  EXPECT_EQ(Query("SELECT state FROM reset_usage('alice')", operator_),
+            "active");
+  EXPECT_EQ(Query("SELECT reset_all_usage()", operator_), "2");
+  EXPECT_EQ(Query("SELECT name FROM rename_user('alice', 'alicia')", operator_),
+            "alicia");
+  Query(
+      "INSERT INTO inbounds (node, tag, type) VALUES ('edge-1', 't', "
+      "'trojan'); UPDATE users SET note = 'x'; "
+      "INSERT INTO users (name) VALUES ('carol')",
+      operator_);
+  EXPECT_EQ(Query("SELECT name, total FROM user_traffic", operator_),
+            "alicia|200");
+  Query(
+      "SELECT count(*) FROM counter_hourly; SELECT * FROM node_summary; "
+      "SELECT * FROM top_users(now() - interval '1 day', now())",
+      operator_);
+  EXPECT_EQ(Query("SELECT delete_user('carol', false)", operator_),
+            "deleted user 'carol' and their traffic history on 0 nodes");
+  for (const char* sql : {
+           "DELETE FROM counters",
+           "UPDATE counters SET uplink = 0",
+           "DELETE FROM counter_hourly",
+           "UPDATE nodes SET commit_seq = 0",
+           "DELETE FROM nodes",
+           "INSERT INTO node_grants VALUES ('edge-1', current_user)",
+           "SELECT grant_node('edge-1', current_user)",
+           "SELECT retire_node('edge-1')",
+           "DROP TABLE users",
+           "ALTER TABLE users DISABLE TRIGGER users_rules",
+           "CREATE TABLE mine (x int)",
+       }) {
+    ExpectRefused(operator_, sql);
   }
 }
 
@@ -177,6 +300,7 @@ TEST_F(SqlRolesTest, ReadonlySeesTheViewsAndNothingElse) {
 
 TEST_F(SqlRolesTest, APendingMigrationTellsTheCollectorRoleToAskTheOwner) {
   // As if a newer boxmeter brought 0004 with it.
+  std::string applied = Query("SELECT count(*) - 1 FROM schema_migrations");
   Query("DELETE FROM schema_migrations WHERE name = '0004_roles.sql'");
   Status status = PgStore(Url(meter_), "edge-1").Migrate();
   ASSERT_FALSE(status.ok());
@@ -186,7 +310,11 @@ TEST_F(SqlRolesTest, APendingMigrationTellsTheCollectorRoleToAskTheOwner) {
   EXPECT_NE(status.message().find("--migrate` connected as the schema's owner"),
             std::string::npos)
       << status.message();
-  EXPECT_EQ(Query("SELECT count(*) FROM schema_migrations"), "3");
+  EXPECT_EQ(Query("SELECT count(*) FROM schema_migrations WHERE name = "
+                  "'0004_roles.sql'"),
+            "0");
+  EXPECT_EQ(Query("SELECT count(*) FROM schema_migrations"), applied)
+      << "nothing else was applied or removed";
 }
 
 // On a server of its own: it drops the group roles.

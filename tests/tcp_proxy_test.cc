@@ -119,5 +119,25 @@ TEST_F(TcpProxyTest, RefusedAndCutConnectionsFailCleanlyAndRecover) {
   EXPECT_GE(proxy_->cuts(), 1);
 }
 
+TEST_F(TcpProxyTest, DelayedAnswersArriveWholeAndLate) {
+  int64_t seq = -1;
+  ASSERT_TRUE(store_->ReadCommitSeq(&seq).ok());  // connected, undelayed
+  proxy_->SetAnswerDelay(400ms, /*seed=*/3);
+  auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i) {
+    Status status = store_->ReadCommitSeq(&seq);
+    ASSERT_TRUE(status.ok()) << status.message();
+    EXPECT_EQ(seq, 0);
+  }
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  EXPECT_GE(proxy_->delayed_answers(), 5);
+  // Five answers, each held 0-400 ms (seed 3 does not draw five zeros).
+  EXPECT_GT(elapsed, 100ms);
+  proxy_->SetAnswerDelay(0ms);
+  int64_t delayed = proxy_->delayed_answers();
+  ASSERT_TRUE(store_->ReadCommitSeq(&seq).ok());
+  EXPECT_EQ(proxy_->delayed_answers(), delayed);
+}
+
 }  // namespace
 }  // namespace boxmeter

@@ -145,7 +145,7 @@ class Poller {
     Check(store_.Migrate(), "migrating");
     NodeState state;
     Check(store_.LoadNode(&state), "loading the node");
-    engine_.Load(state.commit_seq, state.baselines);
+    engine_.Load(state.commit_seq, state.instance, state.baselines);
   }
 
   struct Result {
@@ -357,7 +357,7 @@ void RunSize(const Options& options, size_t stats) {
     TrimHeap();
     int64_t heap0 = HeapInUseBytes(), rss0 = ResidentBytes();
     DeltaEngine probe;
-    probe.Load(0, {});
+    probe.Load(0, {}, {});
     probe.Observe(snapshot);
     probe.Prepare();  // the batch is dropped at once
     probe.Committed();
@@ -544,14 +544,17 @@ void DecodeReply(const Options& options, const StatsReply& reply) {
 // fraction changed. Deterministic work, so callgrind's counts are stable.
 void RunCore(const Options& options, size_t stats) {
   StatsReply reply;
-  reply.before = {.at_ms = 1'000'000, .uptime_s = 100};
-  reply.after = {.at_ms = 1'000'050, .uptime_s = 100};
+  reply.same_kernel = true;
+  reply.before = {
+      .sent_ms = 1'000'000, .received_ms = 1'000'010, .uptime_s = 100};
+  reply.after = {
+      .sent_ms = 1'000'040, .received_ms = 1'000'050, .uptime_s = 100};
   for (size_t i = 0; i < stats; ++i) {
     reply.stats.push_back({FakeStatsServer::SyntheticName(i), 1000});
   }
   DecodeReply(options, reply);
   DeltaEngine engine;
-  engine.Load(0, {});
+  engine.Load(0, {}, {});
   auto poll = [&](double* snapshot_ms, double* delta_ms) {
     StatsReply copy = reply;  // the fetch hands over a fresh reply each time
     auto t0 = Clock::now();

@@ -21,8 +21,8 @@ double SecondsSince(Clock::time_point start) {
 int64_t HourStart(int64_t ms) { return ms / 3'600'000 * 3600; }
 
 const std::vector<std::string> kRowColumns = {
-    "kind",        "name",          "uplink",           "downlink",
-    "base_uplink", "base_downlink", "instance_start_ms"};
+    "kind",        "name",          "uplink",    "downlink",
+    "base_uplink", "base_downlink", "generation"};
 
 constexpr const char* kRowTableColumns = R"sql(
   kind text NOT NULL,
@@ -31,7 +31,7 @@ constexpr const char* kRowTableColumns = R"sql(
   downlink bigint NOT NULL,
   base_uplink bigint NOT NULL,
   base_downlink bigint NOT NULL,
-  instance_start_ms bigint NOT NULL
+  generation bigint NOT NULL
 )sql";
 
 // The same COPY stream PgStore sends, so client-side costs are alike.
@@ -42,7 +42,7 @@ void StreamRows(pqxx::transaction_base& tx, const std::string& table,
     stream << std::make_tuple(std::string(CounterKindName(row.key.kind)),
                               row.key.name, row.delta.uplink,
                               row.delta.downlink, row.baseline.uplink,
-                              row.baseline.downlink, row.instance_start_ms);
+                              row.baseline.downlink, row.generation);
   }
   stream.complete();
 }
@@ -54,8 +54,7 @@ UPDATE counters c
        downlink = c.downlink + r.downlink,
        base_uplink = r.base_uplink,
        base_downlink = r.base_downlink,
-       instance_start = timestamptz 'epoch' +
-                        r.instance_start_ms * interval '1 millisecond',
+       generation = r.generation,
        last_seen = now()
   FROM reference_rows r
  WHERE c.node = $1 AND c.kind = r.kind AND c.name = r.name
@@ -63,10 +62,10 @@ UPDATE counters c
 
 constexpr const char* kInsertNew = R"sql(
 INSERT INTO counters (node, kind, name, uplink, downlink, base_uplink,
-                      base_downlink, instance_start)
+                      base_downlink, generation)
 SELECT $1, r.kind, r.name, r.uplink, r.downlink, r.base_uplink,
        r.base_downlink,
-       timestamptz 'epoch' + r.instance_start_ms * interval '1 millisecond'
+       r.generation
   FROM reference_rows r
  WHERE NOT EXISTS (SELECT 1 FROM counters c
                     WHERE c.node = $1 AND c.kind = r.kind AND c.name = r.name)
@@ -85,14 +84,13 @@ ON CONFLICT (counter_id, hour) DO UPDATE SET
 
 // The naive writer's statement: one counter, totals and hourly row, one
 // round trip. $1 node, $2 kind, $3 name, $4/$5 deltas, $6/$7 baseline,
-// $8 instance start (ms), $9 the hour (s).
+// $8 the baseline's generation, $9 the hour (s).
 constexpr const char* kNaiveStatement = R"sql(
 WITH c AS (
   UPDATE counters
      SET uplink = uplink + $4, downlink = downlink + $5,
          base_uplink = $6, base_downlink = $7,
-         instance_start = timestamptz 'epoch' +
-                          $8::bigint * interval '1 millisecond',
+         generation = $8::bigint,
          last_seen = now()
    WHERE node = $1 AND kind = $2 AND name = $3
   RETURNING id
@@ -117,7 +115,7 @@ CREATE TABLE IF NOT EXISTS counter_log (
   downlink bigint NOT NULL,
   base_uplink bigint NOT NULL,
   base_downlink bigint NOT NULL,
-  instance_start_ms bigint NOT NULL
+  generation bigint NOT NULL
 )
 )sql";
 
@@ -131,8 +129,8 @@ SELECT kind, name, hour, sum(uplink)::bigint AS uplink,
        sum(downlink)::bigint AS downlink,
        (array_agg(base_uplink ORDER BY seq DESC))[1] AS base_uplink,
        (array_agg(base_downlink ORDER BY seq DESC))[1] AS base_downlink,
-       (array_agg(instance_start_ms ORDER BY seq DESC))[1]
-         AS instance_start_ms,
+       (array_agg(generation ORDER BY seq DESC))[1]
+         AS generation,
        max(seq) AS seq
   FROM moved
  GROUP BY kind, name, hour
@@ -141,7 +139,7 @@ SELECT kind, name, hour, sum(uplink)::bigint AS uplink,
 constexpr const char* kFoldApply = R"sql(
 WITH latest AS (
   SELECT DISTINCT ON (kind, name) kind, name, base_uplink, base_downlink,
-         instance_start_ms
+         generation
     FROM folded ORDER BY kind, name, seq DESC
 ), sums AS (
   SELECT kind, name, sum(uplink) AS uplink, sum(downlink) AS downlink
@@ -150,8 +148,7 @@ WITH latest AS (
   UPDATE counters c
      SET uplink = c.uplink + s.uplink, downlink = c.downlink + s.downlink,
          base_uplink = l.base_uplink, base_downlink = l.base_downlink,
-         instance_start = timestamptz 'epoch' +
-                          l.instance_start_ms * interval '1 millisecond',
+         generation = l.generation,
          last_seen = now()
     FROM sums s JOIN latest l USING (kind, name)
    WHERE c.node = $1 AND c.kind = s.kind AND c.name = s.name
@@ -228,11 +225,11 @@ double NaiveWriter::Commit(const CommitBatch& batch, size_t limit) {
       tx.exec_prepared("naive_commit", node_, kind, row.key.name,
                        row.delta.uplink, row.delta.downlink,
                        row.baseline.uplink, row.baseline.downlink,
-                       row.instance_start_ms, hour);
+                       row.generation, hour);
     } else {
       tx.exec_params(kNaiveStatement, node_, kind, row.key.name,
                      row.delta.uplink, row.delta.downlink, row.baseline.uplink,
-                     row.baseline.downlink, row.instance_start_ms, hour);
+                     row.baseline.downlink, row.generation, hour);
     }
   }
   tx.commit();
@@ -267,12 +264,12 @@ double DeltaLogWriter::Commit(const CommitBatch& batch) {
       tx, "counter_log",
       std::vector<std::string>{"node", "seq", "hour", "kind", "name", "uplink",
                                "downlink", "base_uplink", "base_downlink",
-                               "instance_start_ms"});
+                               "generation"});
   for (const CommitRow& row : batch.rows) {
     stream << std::make_tuple(
         node_, seq_ + 1, hour, std::string(CounterKindName(row.key.kind)),
         row.key.name, row.delta.uplink, row.delta.downlink, row.baseline.uplink,
-        row.baseline.downlink, row.instance_start_ms);
+        row.baseline.downlink, row.generation);
   }
   stream.complete();
   tx.commit();

@@ -8,7 +8,7 @@
 //                   with one round trip per counter). Either as parameterized
 //                   statements parsed and planned each time (what an ORM such
 //                   as GORM sends by default) or as one prepared statement.
-//   SetBasedWriter  the textbook set-based path of DESIGN.md: COPY into a
+//   SetBasedWriter  the textbook set-based path of docs/design.md: COPY into a
 //                   temporary table, one UPDATE ... FROM for known counters,
 //                   one INSERT for new ones, one hourly upsert.
 //   CopyFloor       PostgreSQL's floor: plain COPY of the same rows into an

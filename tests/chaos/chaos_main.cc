@@ -1,6 +1,7 @@
 // boxmeter-chaos: the randomized fault run (see chaos_run.h).
 //
 //   boxmeter-chaos [--seconds N | --minutes N] [--seed S] [--collector BIN]
+//                  [--exactly-once-faults on|off]
 //
 // The seed is printed first; --seed replays the same decisions. Without
 // --seed: $BOXMETER_CHAOS_SEED, else a random one. Exit 0 when every total
@@ -19,7 +20,7 @@ namespace {
 int Usage(const std::string& problem) {
   std::cerr << "boxmeter-chaos: " << problem
             << "\nusage: boxmeter-chaos [--seconds N | --minutes N] "
-               "[--seed S] [--collector BIN]\n";
+               "[--seed S] [--collector BIN] [--exactly-once-faults on|off]\n";
   return 64;
 }
 
@@ -45,6 +46,11 @@ int main(int argc, char** argv) {
         seeded = true;
       } else if (flag == "--collector") {
         options.collector_binary = value;
+      } else if (flag == "--exactly-once-faults") {
+        if (value != "on" && value != "off") {
+          return Usage("--exactly-once-faults takes on or off, not " + value);
+        }
+        options.exactly_once_faults = value == "on";
       } else {
         return Usage("unknown flag " + flag);
       }
@@ -63,7 +69,9 @@ int main(int argc, char** argv) {
   }
   std::cout << "boxmeter-chaos: seed " << options.seed
             << " (replay: scripts/chaos.sh --seed " << options.seed
-            << " --seconds " << options.duration.count() << ")" << std::endl;
+            << " --seconds " << options.duration.count()
+            << (options.exactly_once_faults ? " --exactly-once-faults on" : "")
+            << ")" << std::endl;
 
   boxmeter::testing::ChaosReport report = boxmeter::testing::RunChaos(options);
 
@@ -80,7 +88,10 @@ int main(int argc, char** argv) {
   if (!report.ok) {
     std::cout << "FAILED: " << report.failure << "\n"
               << "replay: scripts/chaos.sh --seed " << options.seed
-              << " --seconds " << options.duration.count() << std::endl;
+              << " --seconds " << options.duration.count()
+              << (options.exactly_once_faults ? " --exactly-once-faults on"
+                                              : "")
+              << std::endl;
     return 1;
   }
   std::cout << "final comparison: " << report.counters_compared << " counters, "

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "collector_runner.h"
+#include "node_row_lock.h"
 #include "pg_server.h"
 #include "process.h"
 #include "tcp_proxy.h"
@@ -34,6 +35,10 @@ constexpr const char* kNode = "chaos";
 constexpr const char* kDatabase = "chaos";
 constexpr const char* kPollInterval = "250ms";
 constexpr const char* kSourceTimeout = "1s";
+// With exactly_once_faults: answers may arrive up to 1.5 s late (more than
+// once per call when HTTP/2 sends it in parts); they must not time out.
+constexpr const char* kSourceTimeoutWithDelays = "4s";
+constexpr auto kMaxAnswerDelay = 1500ms;
 // An instance restarted sooner after its start than the 2 s instance
 // tolerance, whose successor then counts more than it did, looks like one
 // instance (a documented limit); each instance runs this long before a stop.
@@ -59,16 +64,6 @@ const std::vector<Account>& Accounts() {
       {{"dave", "dave-pw"}, {1}},
   };
   return *accounts;
-}
-
-// The counters the run can predict: the api inbound and outbound count the
-// stats calls themselves (every poll and every ground-truth read).
-CounterMap Predictable(CounterMap counters) {
-  std::erase_if(counters, [](const auto& entry) {
-    return entry.first.starts_with("inbound>>>api-in>>>") ||
-           entry.first.starts_with("outbound>>>api>>>");
-  });
-  return WithoutZeros(std::move(counters));
 }
 
 int PortOf(const std::string& address) {
@@ -100,11 +95,19 @@ enum class Event {
   kApiCut,
   kHealAll,
   kCheckpoint,
+  // exactly_once_faults
+  kReloadStorm,
+  kTermAfterRestart,
+  kRowLockThenTerm,
+  kApiDelay,
+  kClockStep,
+  kSecondCollector,
+  kFlushThenRestart,
 };
 
 // A proxy fault that heals by itself at `until`.
 struct ProxyFault {
-  enum class Kind { kNone, kStall, kRefuse } kind = Kind::kNone;
+  enum class Kind { kNone, kStall, kRefuse, kDelay } kind = Kind::kNone;
   Clock::time_point until;
 };
 
@@ -194,16 +197,7 @@ class ChaosWorld {
     v2ray_->Start();
     api_proxy_ =
         std::make_unique<TcpProxy>("127.0.0.1", PortOf(v2ray_->ApiAddress()));
-    collector_ = std::make_unique<CollectorRunner>(
-        options_.collector_binary,
-        CollectorRunner::Settings{
-            .node = kNode,
-            .source_address = api_proxy_->address(),
-            .database_url = "postgresql://postgres@" + pg_proxy_->address() +
-                            "/" + kDatabase + "?connect_timeout=5",
-            .poll_interval = kPollInterval,
-            .source_timeout = kSourceTimeout,
-            .log_level = "debug"});
+    collector_ = NewCollector(api_proxy_->address());
     collector_->Start();
     ++collector_starts_;
     Say("world: PostgreSQL :" + std::to_string(pg_->port()) + " via proxy " +
@@ -212,6 +206,26 @@ class ChaosWorld {
         collector_->log_path());
     Traffic();
     AwaitExact("first commit");
+  }
+
+  // A collector of this run's node, through the database proxy.
+  std::unique_ptr<CollectorRunner> NewCollector(std::string source_address) {
+    CollectorRunner::Settings settings{
+        .node = kNode,
+        .source_address = std::move(source_address),
+        .database_url = "postgresql://postgres@" + pg_proxy_->address() + "/" +
+                        kDatabase + "?connect_timeout=5",
+        .poll_interval = kPollInterval,
+        .source_timeout = options_.exactly_once_faults
+                              ? kSourceTimeoutWithDelays
+                              : kSourceTimeout,
+        .log_level = "debug"};
+    if (options_.exactly_once_faults) {
+      settings.control_socket = runtime_dir_.path() + "/" +
+                                std::to_string(++control_sockets_) + ".sock";
+    }
+    return std::make_unique<CollectorRunner>(options_.collector_binary,
+                                             std::move(settings));
   }
 
   bool CollectorRunning() { return collector_->Running(); }
@@ -252,8 +266,14 @@ class ChaosWorld {
     fault.until = Clock::now() + milliseconds(Uniform(500, 6000));
     if (kind == ProxyFault::Kind::kStall) proxy.SetStalled(true);
     if (kind == ProxyFault::Kind::kRefuse) proxy.SetRefusing(true);
-    Survived(name + (kind == ProxyFault::Kind::kStall ? " proxy stall"
-                                                      : " proxy refuse"),
+    if (kind == ProxyFault::Kind::kDelay) {
+      proxy.SetAnswerDelay(kMaxAnswerDelay,
+                           static_cast<uint64_t>(Uniform(0, int64_t{1} << 40)));
+    }
+    Survived(name + (kind == ProxyFault::Kind::kStall    ? " proxy stall"
+                     : kind == ProxyFault::Kind::kRefuse ? " proxy refuse"
+                                                         : " answers delayed "
+                                                           "0-1.5s"),
              std::to_string(std::chrono::duration_cast<milliseconds>(
                                 fault.until - Clock::now())
                                 .count()) +
@@ -263,6 +283,7 @@ class ChaosWorld {
     if (fault.kind == ProxyFault::Kind::kNone) return;
     proxy.SetStalled(false);
     proxy.SetRefusing(false);
+    proxy.SetAnswerDelay(0ms);
     fault.kind = ProxyFault::Kind::kNone;
     if (!name.empty()) Survived(name + " proxy healed");
   }
@@ -300,7 +321,7 @@ class ChaosWorld {
     for (const auto& [name, value] : v2ray_->GroundTruth()) {
       expected[name] += value;
     }
-    return Predictable(std::move(expected));
+    return PredictableV2RayCounters(std::move(expected));
   }
 
   // Waits until the database equals the ground truth exactly.
@@ -311,7 +332,7 @@ class ChaosWorld {
     bool matched = WaitUntil(
         [&] {
           error = TryTrafficInDatabase(*pg_, kDatabase, kNode, &actual);
-          actual = Predictable(std::move(actual));
+          actual = PredictableV2RayCounters(std::move(actual));
           expected = Expected();
           return error.empty() && expected == actual;
         },
@@ -338,7 +359,7 @@ class ChaosWorld {
     if (!pg_up_) return;
     CounterMap actual;
     if (!TryTrafficInDatabase(*pg_, kDatabase, kNode, &actual).empty()) return;
-    actual = Predictable(std::move(actual));
+    actual = PredictableV2RayCounters(std::move(actual));
     CounterMap expected = Expected();
     for (const auto& [name, value] : actual) {
       auto it = expected.find(name);
@@ -355,13 +376,7 @@ class ChaosWorld {
 
   // Waits for `count` successful polls that start after the call.
   void AwaitPolls(size_t count) {
-    const std::string kPollLine = "last poll: ";
-    size_t before = collector_->CountLogLines(kPollLine);
-    if (!WaitUntil(
-            [&] {
-              return collector_->CountLogLines(kPollLine) >= before + count + 1;
-            },
-            30s, 50ms)) {
+    if (!collector_->AwaitPolls(count + 1, 30s)) {
       throw ChaosFailure("no " + std::to_string(count) +
                          " successful polls within 30s");
     }
@@ -404,10 +419,7 @@ class ChaosWorld {
     // collector dies. The database aborts the half-done transaction.
     Traffic();
     pg_proxy_->SetStalled(true);
-    size_t polls = collector_->CountLogLines("last poll: ");
-    bool seen = WaitUntil(
-        [&] { return collector_->CountLogLines("last poll: ") >= polls + 2; },
-        10s, 20ms);
+    bool seen = collector_->AwaitPolls(2, 10s);
     Pause(Uniform(50, 300));
     collector_->Kill();
     CollectorStopped();
@@ -417,13 +429,12 @@ class ChaosWorld {
              seen ? "commit stalled in flight" : "no poll seen; plain kill");
   }
 
-  void TermCollector() {
-    if (Chance(0.5)) Traffic();
-    // SIGTERM is handled (one last poll and commit, exit 0) once the
-    // collector has set up its loop, which it logs; before that, in its
-    // first milliseconds, SIGTERM's default action ends it (status 143)
-    // with nothing polled yet. Wait for the line, so the run tests the
-    // handled case.
+  // SIGTERM is handled (one last poll and commit) once the collector has set
+  // up its loop, which it logs; before that, in its first milliseconds,
+  // SIGTERM's default action ends it (status 143) with nothing polled yet.
+  // Waiting for the line makes the run test the handled case (and, with
+  // exactly_once_faults, means its control socket listens).
+  void AwaitCollectorStarted() {
     if (!WaitUntil(
             [&] {
               return collector_->CountLogLines(std::string("node ") + kNode +
@@ -433,16 +444,165 @@ class ChaosWorld {
             10s, 20ms)) {
       throw ChaosFailure("the collector did not log its start within 10s");
     }
+  }
+
+  // SIGTERM and the exit it must lead to: 0 when everything it fetched is
+  // committed. With exactly_once_faults a collector whose database path is
+  // broken at the stop may instead give up with a sysexits code and the
+  // bytes it leaves in its log (v2ray-core still counts them: the next start
+  // commits them); the old collector always exits 0.
+  void TermAndExpectExit(const std::string& kind) {
+    AwaitCollectorStarted();
+    bool database_healthy = DatabasePathHealthy();
     collector_->Signal(SIGTERM);
     std::optional<int> code = collector_->Wait(60s);
     if (!code)
       throw ChaosFailure("the collector did not exit within 60s of SIGTERM");
-    if (*code != 0) {
-      throw ChaosFailure("the collector exited with " + std::to_string(*code) +
-                         " after SIGTERM; expected 0");
+    CollectorStopped();
+    bool may_give_up = options_.exactly_once_faults && !database_healthy;
+    if (*code == 0) return Survived(kind, "exit 0");
+    if (may_give_up && *code >= 64 && *code <= 78 &&
+        collector_->LogTail(10).find("bytes") != std::string::npos) {
+      return Survived(kind, "database unreachable: exit " +
+                                std::to_string(*code) + ", bytes logged");
+    }
+    throw ChaosFailure("the collector exited with " + std::to_string(*code) +
+                       " after SIGTERM; expected 0" +
+                       (may_give_up ? " or a sysexits code with the bytes "
+                                      "left in its log"
+                                    : ""));
+  }
+
+  void TermCollector() {
+    if (Chance(0.5)) Traffic();
+    TermAndExpectExit("collector SIGTERM");
+  }
+
+  // --- exactly_once_faults ----------------------------------------------
+
+  // v2ray-core instances that live 1-2 s, each with traffic and polled
+  // after it: a reload per poll.
+  void ReloadStorm() {
+    Heal(*api_proxy_, api_fault_, "stats API");
+    StartCollector("before a reload storm");
+    int instances = static_cast<int>(Uniform(2, 5));
+    for (int i = 0; i < instances; ++i) {
+      Traffic();
+      AwaitPolls(2);
+      if (!WaitUntil([&] { return v2ray_->Uptime() >= 1; }, 10s, 50ms)) {
+        throw ChaosFailure("v2ray-core's uptime never reached 1s");
+      }
+      // Held by the collector only until the database has it.
+      if (!DatabasePathHealthy()) fragile_ = true;
+      CounterMap last = v2ray_->GroundTruth();
+      v2ray_->Stop();
+      for (const auto& [name, value] : last) banked_[name] += value;
+      v2ray_->Start();
+    }
+    Survived("reload storm", std::to_string(instances) + " instances of 1-2s");
+  }
+
+  // A restart, traffic in the new instance, and SIGTERM before the
+  // collector may have polled it.
+  void TermAfterRestart() {
+    RestartV2Ray();
+    Traffic();
+    TermAndExpectExit("collector SIGTERM right after a restart");
+  }
+
+  // SIGTERM while another session holds the node's row: the collector must
+  // wait, commit once the lock goes (within its stop budget), and exit 0.
+  void RowLockThenTerm() {
+    AwaitCollectorStarted();
+    Traffic();
+    auto held = milliseconds(Uniform(0, 3000));
+    {
+      NodeRowLock lock(pg_->Url(kDatabase), kNode);
+      AwaitPolls(2);
+      collector_->Signal(SIGTERM);
+      Pause(held.count());
+    }
+    std::optional<int> code = collector_->Wait(60s);
+    if (!code || *code != 0) {
+      throw ChaosFailure(
+          "after SIGTERM while another session held the node's row for " +
+          std::to_string(held.count()) + "ms, the collector " +
+          (code ? "exited with " + std::to_string(*code) + "; expected 0"
+                : std::string("did not exit within 60s")));
     }
     CollectorStopped();
-    Survived("collector SIGTERM", "exit 0");
+    Survived("collector SIGTERM while the node's row is locked",
+             std::to_string(held.count()) + "ms, exit 0");
+  }
+
+  // The next collector run sees the wall clock stepped (libfaketime; the
+  // monotonic clocks are left alone).
+  void ClockStep() {
+    static constexpr int kOffsets[] = {-90, -3, 0, 3, 90};
+    int offset = kOffsets[Uniform(0, std::size(kOffsets) - 1)];
+    TermAndExpectExit("collector SIGTERM before a wall-clock step");
+    collector_->SetEnvironment(
+        offset == 0 ? std::map<std::string, std::string>{}
+                    : FakeTimeEnvironment(std::chrono::seconds(offset)));
+    StartCollector("wall clock " + std::to_string(offset) + "s off");
+    Survived("wall-clock step between collector runs",
+             std::to_string(offset) + "s");
+  }
+
+  // A second collector for the node, beside a second core with traffic of
+  // its own: it must never write (the bound check would see that core's
+  // bytes), while the first holds the node.
+  void SecondCollector() {
+    AwaitExact("before a second collector starts");  // the lease is fresh
+    if (!other_core_) {
+      other_core_ = std::make_unique<V2RayServer>(v2ray_->options());
+      other_core_->Start();
+    }
+    std::unique_ptr<CollectorRunner> second =
+        NewCollector(other_core_->ApiAddress());
+    second->Start();
+    const Account& account = Accounts()[Uniform(0, Accounts().size() - 1)];
+    PushTraffic(*target_, other_core_->SocksPort(account.inbounds.front()),
+                account.account.user, account.account.password,
+                Size(2 << 20) + 1, Size(256 << 10) + 1);
+    AwaitPolls(static_cast<size_t>(Uniform(2, 8)));
+    CheckBound();
+    second->Signal(SIGTERM);
+    if (!second->Wait(60s)) {
+      throw ChaosFailure(
+          "the second collector did not exit within 60s of "
+          "SIGTERM; its log " +
+          second->log_path());
+    }
+    CheckBound();
+    Survived("second collector for the node on another core",
+             "it wrote nothing");
+  }
+
+  // `--flush`, then a v2ray-core restart at once, as the shipped reload
+  // paths do: nothing may be lost. When the flush fails (the database path
+  // is broken), the restart waits for polls like any other.
+  void FlushThenRestart() {
+    Heal(*api_proxy_, api_fault_, "stats API");
+    StartCollector("before a flush");
+    AwaitCollectorStarted();
+    Traffic();
+    bool cut_armed = pg_proxy_->cut_armed();
+    int code = collector_->Flush(60s);
+    if (code != 0) {
+      if (DatabasePathHealthy() && !cut_armed) {
+        throw ChaosFailure("--flush exited with " + std::to_string(code) +
+                           " while the database path was healthy");
+      }
+      AwaitPolls(2);
+      fragile_ = true;
+    }
+    CounterMap last = v2ray_->GroundTruth();
+    v2ray_->Stop();
+    for (const auto& [name, value] : last) banked_[name] += value;
+    v2ray_->Start();
+    Survived("--flush then a v2ray-core restart",
+             "flush exit " + std::to_string(code));
   }
 
   // Before v2ray-core stops, a poll must have seen its last traffic.
@@ -532,6 +692,23 @@ class ChaosWorld {
         !collector_up) {
       choices.push_back({Event::kHealAll, 0.7});
     }
+    if (options_.exactly_once_faults) {
+      choices.push_back({Event::kReloadStorm, 0.5});
+      choices.push_back({Event::kFlushThenRestart, 0.5});
+      if (api_fault_.kind == ProxyFault::Kind::kNone) {
+        choices.push_back({Event::kApiDelay, 0.6});
+      }
+      if (collector_up && !fragile_) {
+        choices.push_back({Event::kClockStep, 0.4});
+        if (DatabasePathHealthy()) {
+          choices.push_back({Event::kTermAfterRestart, 0.5});
+          choices.push_back({Event::kRowLockThenTerm, 0.5});
+          if (api_fault_.kind == ProxyFault::Kind::kNone) {
+            choices.push_back({Event::kSecondCollector, 0.3});
+          }
+        }
+      }
+    }
     double total = 0;
     for (const auto& choice : choices) total += choice.second;
     double pick = std::uniform_real_distribution<double>(0, total)(rng_);
@@ -594,6 +771,21 @@ class ChaosWorld {
         return Survived("heal all");
       case Event::kCheckpoint:
         return Checkpoint();
+      case Event::kReloadStorm:
+        return ReloadStorm();
+      case Event::kTermAfterRestart:
+        return TermAfterRestart();
+      case Event::kRowLockThenTerm:
+        return RowLockThenTerm();
+      case Event::kApiDelay:
+        return SetFault(*api_proxy_, api_fault_, ProxyFault::Kind::kDelay,
+                        "stats API");
+      case Event::kClockStep:
+        return ClockStep();
+      case Event::kSecondCollector:
+        return SecondCollector();
+      case Event::kFlushThenRestart:
+        return FlushThenRestart();
     }
   }
 
@@ -608,7 +800,8 @@ class ChaosWorld {
           "the collector did not exit 0 after the final SIGTERM");
     }
     CounterMap expected = Expected();
-    CounterMap actual = Predictable(TrafficInDatabase(*pg_, kDatabase, kNode));
+    CounterMap actual =
+        PredictableV2RayCounters(TrafficInDatabase(*pg_, kDatabase, kNode));
     if (expected != actual) {
       throw ChaosFailure("after the final SIGTERM the database differs:\n" +
                          DescribeDifference(expected, actual));
@@ -636,6 +829,8 @@ class ChaosWorld {
   Clock::time_point start_;
   ChaosReport report_;
 
+  TempDir runtime_dir_;  // control sockets; removed after every collector
+  int control_sockets_ = 0;
   // Destroyed in reverse: the collector first, PostgreSQL last.
   std::unique_ptr<PgServer> pg_;
   std::unique_ptr<TcpProxy> pg_proxy_;
@@ -643,6 +838,7 @@ class ChaosWorld {
   std::unique_ptr<V2RayServer> v2ray_;
   std::unique_ptr<TcpProxy> api_proxy_;
   std::unique_ptr<CollectorRunner> collector_;
+  std::unique_ptr<V2RayServer> other_core_;  // for SecondCollector
 
   CounterMap banked_;  // counters of v2ray instances that are gone
   bool pg_up_ = true;

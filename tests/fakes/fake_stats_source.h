@@ -22,8 +22,13 @@ class FakeStatsSource : public StatsSource {
       if (status.ok()) {
         // The instance started at start_ms_; uptime is in whole seconds.
         uint32_t uptime = static_cast<uint32_t>((now_ms_ - start_ms_) / 1000);
-        reply.before = {now_ms_, uptime};
-        reply.after = {now_ms_, uptime};
+        // The monotonic clock shares the wall clock's origin: nothing
+        // here steps.
+        reply.boot_id = "fake-boot";
+        reply.same_kernel = true;
+        reply.answered_wall_ms = now_ms_;
+        reply.before = {now_ms_, now_ms_, uptime};
+        reply.after = {now_ms_, now_ms_, uptime};
         for (const auto& [name, value] : counters_) {
           reply.stats.push_back({name, value});
         }

@@ -37,6 +37,7 @@ class FakeStore : public Store {
     std::lock_guard lock(mu_);
     if (!up_) return Status::Unavailable("fake database is down");
     out->commit_seq = seq_;
+    out->instance = instance_;
     out->baselines.clear();
     for (const auto& [key, row] : rows_) out->baselines.push_back(row.baseline);
     ++loads_;
@@ -68,8 +69,9 @@ class FakeStore : public Store {
         Row& stored = rows_[row.key];
         stored.total.uplink += row.delta.uplink;
         stored.total.downlink += row.delta.downlink;
-        stored.baseline = {row.key, row.baseline, row.instance_start_ms};
+        stored.baseline = {row.key, row.baseline, row.generation};
       }
+      instance_ = batch.instance;
       ++seq_;
       ++applied_;
     }
@@ -176,6 +178,7 @@ class FakeStore : public Store {
   bool up_ = true;
   std::deque<Next> script_;
   std::map<CounterKey, Row> rows_;
+  InstanceIdentity instance_;
   int64_t seq_ = 0;
   std::string users_fingerprint_ = "initial";
   int fingerprint_reads_ = 0;

@@ -25,8 +25,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!response.ParseFromArray(data, static_cast<int>(size))) return 0;
 
   StatsReply reply;
-  reply.before = {1'700'000'000'000, 3600};
-  reply.after = {1'700'000'000'250, 3600};
+  reply.same_kernel = true;
+  reply.before = {1'000'000, 1'000'010, 3600};
+  reply.after = {1'000'240, 1'000'250, 3600};
   for (const auto& stat : response.stat()) {
     reply.stats.push_back({stat.name(), stat.value()});
   }
@@ -49,7 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
              reply.stats.size());
 
   DeltaEngine engine;
-  engine.Load(0, {});
+  engine.Load(0, {}, {});
   engine.Observe(snapshot);
   CommitBatch batch = engine.Prepare();
   FUZZ_CHECK(batch.expected_seq == 0);

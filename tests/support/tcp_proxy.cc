@@ -103,6 +103,19 @@ void TcpProxy::SetTarget(std::string host, int port) {
 
 void TcpProxy::SetStalled(bool stalled) { stalled_ = stalled; }
 void TcpProxy::SetRefusing(bool refusing) { refusing_ = refusing; }
+
+void TcpProxy::SetAnswerDelay(std::chrono::milliseconds max, uint64_t seed) {
+  std::lock_guard lock(mu_);
+  max_answer_delay_ = max;
+  delay_rng_.seed(seed);
+}
+
+std::chrono::milliseconds TcpProxy::NextAnswerDelay() {
+  std::lock_guard lock(mu_);
+  if (max_answer_delay_.count() <= 0) return std::chrono::milliseconds(0);
+  return std::chrono::milliseconds(std::uniform_int_distribution<int64_t>(
+      0, max_answer_delay_.count())(delay_rng_));
+}
 void TcpProxy::CutAll() { ++cut_generation_; }
 
 void TcpProxy::CutOnClientBytes(std::string pattern, CutWhen when) {
@@ -217,6 +230,9 @@ void TcpProxy::Serve(std::shared_ptr<Connection> connection) {
     return true;
   };
 
+  // Whether the client sent bytes since the server last answered: the next
+  // bytes from the server are an answer, and may be delayed.
+  bool awaiting_answer = false;
   char buffer[65536];
   while (true) {
     if (interrupted()) return cut();
@@ -236,6 +252,7 @@ void TcpProxy::Serve(std::shared_ptr<Connection> connection) {
       Verdict verdict = Inspect(*connection, buffer, static_cast<size_t>(n));
       if (verdict == Verdict::kCutBefore) return cut();
       if (!write_all(server, buffer, static_cast<size_t>(n))) return cut();
+      awaiting_answer = true;
       if (verdict == Verdict::kCutAfter) {
         // The server has the bytes and acts on them; the client loses its
         // connection before any reply. Give the server a moment to finish,
@@ -256,6 +273,18 @@ void TcpProxy::Serve(std::shared_ptr<Connection> connection) {
     if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
       ssize_t n = recv(server, buffer, sizeof buffer, 0);
       if (n <= 0) break;  // the server closed: close the client side too
+      if (awaiting_answer) {
+        awaiting_answer = false;
+        auto delay = NextAnswerDelay();
+        if (delay.count() > 0) {
+          ++delayed_answers_;
+          auto until = std::chrono::steady_clock::now() + delay;
+          while (std::chrono::steady_clock::now() < until) {
+            if (interrupted()) return cut();
+            std::this_thread::sleep_for(5ms);
+          }
+        }
+      }
       if (!write_all(client, buffer, static_cast<size_t>(n))) return cut();
     }
   }

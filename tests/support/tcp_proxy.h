@@ -5,6 +5,9 @@
 // connection to the target, one thread per connection. On command it:
 //   - stalls: holds every byte in both directions (connections stay open, so
 //     the peer sees a hang, not an error) until released;
+//   - delays answers: holds the first bytes the server sends after each
+//     request (bytes from the client) for a random time, so every answer of
+//     a request/reply protocol arrives late while nothing is lost;
 //   - refuses: closes new connections at once, as a dead port would;
 //   - cuts: resets every open connection (RST), mid-stream;
 //   - cuts around a pattern the client sends, once: either before the bytes
@@ -17,9 +20,11 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <utility>
@@ -45,6 +50,9 @@ class TcpProxy {
   void SetTarget(std::string host, int port);
 
   void SetStalled(bool stalled);
+  // Each answer waits a uniformly random time in [0, max] before it is
+  // forwarded (0 turns it off). The random sequence comes from `seed`.
+  void SetAnswerDelay(std::chrono::milliseconds max, uint64_t seed = 1);
   void SetRefusing(bool refusing);
   // Resets every open connection.
   void CutAll();
@@ -67,6 +75,7 @@ class TcpProxy {
   int64_t cuts() const { return cuts_.load(); }
   int64_t pattern_cuts() const { return pattern_cuts_.load(); }
   int64_t refused() const { return refused_.load(); }
+  int64_t delayed_answers() const { return delayed_answers_.load(); }
 
  private:
   struct Connection;
@@ -76,6 +85,8 @@ class TcpProxy {
   // Returns what to do with `data` just read from the client; see .cc.
   enum class Verdict { kForward, kCutBefore, kCutAfter };
   Verdict Inspect(Connection& connection, const char* data, size_t size);
+  // The delay for the next answer; 0 when delays are off.
+  std::chrono::milliseconds NextAnswerDelay();
 
   int listen_fd_ = -1;
   int port_ = 0;
@@ -97,6 +108,9 @@ class TcpProxy {
   std::atomic<int64_t> cuts_{0};
   std::atomic<int64_t> pattern_cuts_{0};
   std::atomic<int64_t> refused_{0};
+  std::atomic<int64_t> delayed_answers_{0};
+  std::chrono::milliseconds max_answer_delay_{0};  // guarded by mu_
+  std::mt19937_64 delay_rng_;                      // guarded by mu_
   std::thread accept_thread_;
 };
 

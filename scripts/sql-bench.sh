@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The SQL benchmark of schema/COOKBOOK.md's reports and functions at 50,000
+# users: starts a throwaway PostgreSQL 15, applies schema/*.sql with plain
+# psql (as an operator with their own migration tool would), builds the data
+# set of issue 12 and prints a table of the best of three wall times per
+# statement, with the target (300 ms). Not a test: the figures depend on the
+# machine and its load (shown at the start and the end).
+#
+#   scripts/sql-bench.sh                 50,000 users
+#   USERS=10000 scripts/sql-bench.sh     a smaller data set
+#   KEEP=1 scripts/sql-bench.sh          leaves the server running (for
+#                                        EXPLAIN); prints how to stop it
+#   TIMINGS=0 KEEP=1 scripts/sql-bench.sh    the data set only
+#   SCHEMA_REV=<commit> scripts/sql-bench.sh  the schema of that commit, to
+#                                        compare (its missing functions: n/a)
+#
+# The data set: USERS users with a quota, all linked to inbound vless-in of
+# node edge-1, half of them also to edge-2's; one user counter per user and
+# node (75,000 for 50,000 users), and 1,025,000 hourly rows spread over the
+# last 30 days (13 per counter, 14 for edge-1's). Needs postgresql-15 and
+# nothing built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+users=${USERS:-50000}
+bin=/usr/lib/postgresql/15/bin
+[[ -x $bin/initdb ]] || {
+  echo "sql-bench.sh: no $bin/initdb; install postgresql-15" >&2
+  exit 1
+}
+dir=$(mktemp -d /tmp/boxmeter-sql-bench.XXXXXX)
+as_server=()
+if [[ $(id -u) == 0 ]]; then
+  chown postgres "$dir"
+  as_server=(runuser -u postgres --)
+fi
+port=$((20000 + RANDOM % 20000))
+cleanup() {
+  "${as_server[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop \
+    >/dev/null 2>&1 || true
+  rm -rf "$dir"
+}
+if [[ ${KEEP:-} == 1 ]]; then
+  trap 'echo "kept: psql -h 127.0.0.1 -p $port -U postgres bench; stop: pg_ctl -D $dir/data stop" >&2' EXIT
+else
+  trap cleanup EXIT
+fi
+"${as_server[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres \
+  --no-sync -E UTF8 --locale=C >/dev/null
+"${as_server[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+  -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir" \
+  start >/dev/null
+psql() { PGOPTIONS="-c client_min_messages=warning" command psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
+  -U postgres "$@"; }
+psql -d postgres -c "CREATE DATABASE bench" >/dev/null
+if [[ -n ${SCHEMA_REV:-} ]]; then
+  # An older schema, to compare: its files did not create schema_migrations.
+  psql -d bench -c "CREATE TABLE schema_migrations (name text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now())" >/dev/null
+  for file in $(git ls-tree --name-only "$SCHEMA_REV" schema/ |
+                grep -E '^schema/[0-9].*\.sql$'); do
+    git show "$SCHEMA_REV:$file" | psql -d bench -1 -f - >/dev/null
+  done
+else
+  for file in schema/[0-9]*.sql; do
+    psql -d bench -1 -f "$file" >/dev/null
+  done
+fi
+
+echo "building the data set: $users users (load: $(cut -d' ' -f1-3 \
+  /proc/loadavg))" >&2
+psql -d bench -v users="$users" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+INSERT INTO nodes (name) VALUES ('edge-1'), ('edge-2');
+INSERT INTO inbounds (node, tag, type, listen_port)
+VALUES ('edge-1', 'vless-in', 'vless', 443),
+       ('edge-2', 'vless-in', 'vless', 443);
+INSERT INTO users (name, quota_bytes, uuid, password)
+SELECT 'user' || i, 10000000000, gen_random_uuid(), md5(i::text)
+  FROM generate_series(1, :users) AS i;
+INSERT INTO inbound_users (inbound_id, user_id)
+SELECT i.id, u.id
+  FROM inbounds i JOIN users u
+    ON i.node = 'edge-1' OR u.id % 2 = 0;
+INSERT INTO counters (node, kind, name, uplink, downlink, instance_start)
+SELECT 'edge-1', 'user', 'user' || i, i * 1000, i * 9000, now()
+  FROM generate_series(1, :users) AS i
+UNION ALL
+SELECT 'edge-2', 'user', 'user' || i, i * 100, i * 900, now()
+  FROM generate_series(2, :users, 2) AS i
+UNION ALL
+SELECT n, 'inbound', 'vless-in', 1000000, 9000000, now()
+  FROM unnest(ARRAY['edge-1', 'edge-2']) AS n;
+INSERT INTO counter_hourly (counter_id, hour, uplink, downlink)
+SELECT c.id,
+       date_trunc('hour', now()) - ((c.id * 7 + j * 53) % 720) * interval '1 hour',
+       1000 + c.id % 1000, 9000 + c.id % 9000
+  FROM counters c, generate_series(1, 13) AS j
+ WHERE c.kind = 'user'
+UNION ALL
+SELECT c.id, date_trunc('hour', now()) - ((c.id * 7 + 14 * 53) % 720)
+                                         * interval '1 hour', 500, 4500
+  FROM counters c
+ WHERE c.kind = 'user' AND c.node = 'edge-1'
+ON CONFLICT DO NOTHING;
+VACUUM ANALYZE;
+SQL
+psql -d bench -At -c "SELECT 'users ' || (SELECT count(*) FROM users) ||
+  ', counters ' || (SELECT count(*) FROM counters) ||
+  ', hourly rows ' || (SELECT count(*) FROM counter_hourly)" >&2
+
+[[ ${TIMINGS:-1} == 0 ]] && exit 0
+
+# label|statement: each runs three times, in a transaction rolled back when
+# it changes something, so every run starts from the same data.
+statements=(
+  "user_traffic, top 10|SELECT * FROM user_traffic ORDER BY total DESC LIMIT 10"
+  "top_users, 7 days|SELECT * FROM top_users(current_date - 6, now()) LIMIT 3"
+  "top_users, 30 days|SELECT * FROM top_users(now() - interval '30 days', now()) LIMIT 10"
+  "user_daily_between, today|SELECT * FROM user_daily_between(current_date, current_date) ORDER BY total DESC LIMIT 10"
+  "user_daily, one user, 30 days|SELECT * FROM user_daily WHERE name = 'user77' AND day > current_date - 30"
+  "user_quota_status, >= 80%|SELECT name FROM user_quota_status WHERE percent >= 80 AND state = 'active'"
+  "user_quota_status, shut out|SELECT name FROM user_quota_status WHERE state <> 'active'"
+  "user_quota_status, one user|SELECT * FROM user_quota_status WHERE name = 'user77'"
+  "node_summary|SELECT * FROM node_summary"
+  "unknown_counters|SELECT * FROM unknown_counters"
+  "eligible_users, count|SELECT count(*) FROM eligible_users"
+  "node_inbound_users edge-2|SELECT count(*) FROM node_inbound_users WHERE node = 'edge-2'"
+  "users_fingerprint edge-1 (all users)|SELECT users_fingerprint('edge-1')"
+  "users_fingerprint edge-2 (half)|SELECT users_fingerprint('edge-2')"
+  "add_user|SELECT add_user('newcomer')"
+  "set_quota|SELECT set_quota('user77', 1)"
+  "reset_usage|SELECT reset_usage('user77')"
+  "reset_all_usage|SELECT reset_all_usage()"
+  "rename_user|SELECT rename_user('user78', 'renamed78')"
+  "delete_user, history kept|SELECT delete_user('user79', true)"
+  "delete_user, history deleted|SELECT delete_user('user80', false)"
+  "retire_node edge-2|SELECT retire_node('edge-2')"
+)
+best_ms() {
+  local sql=$1 best="" run ms output
+  for run in 1 2 3; do
+    output=$(psql -d bench -At 2>&1 <<SQL
+BEGIN;
+\timing on
+$sql;
+\timing off
+ROLLBACK;
+SQL
+    ) || { echo "n/a"; return; }  # e.g. a function an older schema lacks
+    ms=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$output" | tail -1)
+    if [[ -z $best ]] || awk -v a="$ms" -v b="$best" 'BEGIN{exit !(a<b)}'; then
+      best=$ms
+    fi
+  done
+  echo "$best"
+}
+printf '| %-38s | %9s | %s |\n' "statement ($users users)" "best ms" "target"
+printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "-----------" "--------"
+for entry in "${statements[@]}"; do
+  label=${entry%%|*}
+  ms=$(best_ms "${entry#*|}")
+  if [[ $ms == n/a ]]; then
+    printf '| %-38s | %9s | %s |\n' "$label" "n/a" "n/a"
+    continue
+  fi
+  verdict=$(awk -v ms="$ms" 'BEGIN{print (ms < 300) ? "< 300 ok" : "MISSED"}')
+  printf '| %-38s | %9.1f | %s |\n' "$label" "$ms" "$verdict"
+done
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
