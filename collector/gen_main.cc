@@ -39,7 +39,8 @@ std::string Usage() {
          "users that are enabled, not expired and under quota, and the\n"
          "experimental.v2ray_api block that makes sing-box count exactly\n"
          "those inbounds and users (plus generator.stats_outbounds). The\n"
-         "file (generator.output) is replaced atomically, with mode 0600.\n"
+         "file (generator.output) is replaced atomically, with mode 0600\n"
+         "(0640 in a set-group-ID directory: readable by its group).\n"
          "The same database gives the same bytes. On any error, nothing is\n"
          "written. An inbound none of whose users is eligible is left out\n"
          "(one line on stderr says so), never written without users.\n"
@@ -76,6 +77,18 @@ std::string Usage() {
          "\n"
          "As hooks.on_users_changed (the collector runs it when users cross\n"
          "their quota or change): boxmeter-gen && systemctl reload sing-box\n";
+}
+
+// 0600, or 0640 in a set-group-ID directory: there the directory's group
+// (e.g. sing-box's, when the generator runs as its own user) is the group
+// the file gets and the one meant to read it. Anywhere else the config's
+// credentials stay with the generator's user.
+mode_t OutputMode(const std::string& output) {
+  std::string dir = output.substr(0, output.find_last_of('/') + 1);
+  struct stat st;
+  if (dir.empty()) dir = ".";
+  if (stat(dir.c_str(), &st) == 0 && (st.st_mode & S_ISGID) != 0) return 0640;
+  return 0600;
 }
 
 void Error(const std::string& message) {
@@ -160,7 +173,8 @@ int Main(int argc, char** argv) {
     return up_to_date ? 0 : kWouldChange;
   }
 
-  if (Status status = WriteFileAtomically(output, generated.text, 0600);
+  if (Status status =
+          WriteFileAtomically(output, generated.text, OutputMode(output));
       !status.ok()) {
     Error(status.message() + " (generator.output in " + config.path + ")");
     return EX_CANTCREAT;

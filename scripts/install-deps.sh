@@ -6,6 +6,7 @@
 #   scripts/install-deps.sh build    compilers and -dev libraries
 #   scripts/install-deps.sh test     build + the real peers the tests start
 #   scripts/install-deps.sh runtime  the shared libraries the binaries need
+#   scripts/install-deps.sh WHAT --print   only prints WHAT's packages
 set -euo pipefail
 
 what=${1:-test}
@@ -30,6 +31,13 @@ test_packages=(
   clang libclang-rt-14-dev  # libFuzzer and its sanitizers (scripts/fuzz.sh)
   systemd                # systemd-analyze verify/security on deploy/systemd
   faketime               # libfaketime: wall-clock steps between collector runs
+  # scripts/image-test.sh and scripts/systemd-test.sh: the images built and
+  # run for real, the units under a booted systemd
+  buildah                # builds deploy/docker/Dockerfile without a daemon
+  debootstrap            # the Debian 12 trees (no registry to pull from)
+  systemd-container      # systemd-nspawn boots the units' Debian 12
+  python3-yaml           # reads compose.yaml and the k8s example
+  inotify-tools util-linux  # inotifywait (sing-box-reloader), setpriv, nsenter
 )
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libpqxx-6.4 libyaml-cpp0.7 libfmt9 libsystemd0
@@ -45,6 +53,10 @@ case "$what" in
     ;;
 esac
 
+if [ "${2:-}" = --print ]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh: run as root (it calls apt-get)" >&2
   exit 77

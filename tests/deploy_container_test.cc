@@ -144,8 +144,8 @@ class DockerfileTest : public ::testing::Test {
  protected:
   void SetUp() override {
     stages_ = ParseDockerfile(Source("deploy/docker/Dockerfile"));
-    for (std::string name :
-         {"build", "boxmeter", "sing-box-build", "sing-box"}) {
+    for (std::string name : {"build", "boxmeter", "sing-box-build",
+                             "sing-box-runtime", "sing-box"}) {
       ASSERT_EQ(stages_.count(name), 1u) << "no stage " << name;
     }
   }
@@ -241,12 +241,21 @@ TEST_F(DockerfileTest, SingBoxIsAPinnedReleaseBuiltWithTheV2rayApi) {
   EXPECT_TRUE(Has(runs, "grep -q with_v2ray_api"))
       << "the build checks the tag made it into the binary";
 
+  // The sing-box image is sing-box-runtime (buildable without Go, so
+  // scripts/image-test.sh builds and runs it) plus the binary.
   const Stage& run = stage("sing-box");
+  EXPECT_EQ(run.base, "sing-box-runtime");
   EXPECT_TRUE(Has(run.Joined("COPY"), "--from=sing-box-build"));
-  EXPECT_EQ(run.All("STOPSIGNAL"), std::vector<std::string>{"SIGTERM"});
-  // The same uid as the boxmeter image: the collector's hook signals
-  // sing-box, and both use the generated config.
-  EXPECT_EQ(run.All("USER"), stage("boxmeter").All("USER"));
+  const Stage& runtime = stage("sing-box-runtime");
+  EXPECT_EQ(runtime.All("STOPSIGNAL"), std::vector<std::string>{"SIGTERM"});
+  // Not the boxmeter image's uid: nothing running as sing-box may reach the
+  // collector's processes or secrets. sing-box-reloader, its parent,
+  // signals it instead.
+  EXPECT_EQ(runtime.All("USER"), std::vector<std::string>{"10002:10002"});
+  EXPECT_NE(runtime.All("USER"), stage("boxmeter").All("USER"));
+  EXPECT_TRUE(
+      Has(runtime.Joined("ENTRYPOINT"), "/usr/local/bin/sing-box-reloader"));
+  EXPECT_TRUE(Has(runtime.Joined("RUN"), "inotify-tools"));
 }
 
 // Every file COPY takes from the build context exists, with its mode.
@@ -457,8 +466,16 @@ TEST_F(ComposeTest, CollectorLivesInSingBoxsNamespaces) {
   // The stats API on 127.0.0.1 is reachable from the collector and from
   // nothing outside sing-box's network namespace.
   EXPECT_EQ(collector["network_mode"].as<std::string>(), "service:sing-box");
-  // The hook signals sing-box after regenerating its config.
-  EXPECT_EQ(collector["pid"].as<std::string>(), "service:sing-box");
+  // But not its PID namespace, and not its uid: nothing running as
+  // sing-box can see the collector's processes (environ, memory, root).
+  EXPECT_FALSE(collector["pid"]);
+  EXPECT_EQ(collector["user"].as<std::string>(), "10001:10001");
+  EXPECT_EQ(Service("sing-box")["user"].as<std::string>(), "10002:10002");
+  // The reload handshake's volume is shared, no secret is.
+  EXPECT_EQ(MountSource(collector, "/run/sing-box-reload"), "sing-box-reload");
+  EXPECT_EQ(MountSource(Service("sing-box"), "/run/sing-box-reload"),
+            "sing-box-reload");
+  EXPECT_FALSE(Service("sing-box")["secrets"]);
   EXPECT_FALSE(collector["ports"]) << "the collector listens on nothing";
   EXPECT_TRUE(collector["read_only"].as<bool>());
   EXPECT_EQ(collector["cap_drop"][0].as<std::string>(), "ALL");
@@ -530,14 +547,51 @@ TEST_F(ComposeTest, MountedConfigMatchesTheComposeFile) {
 
 TEST_F(ComposeTest, StartsInOrder) {
   // The schema and sing-box's first config exist before sing-box starts.
+  EXPECT_EQ(Service("migrate")["depends_on"]["postgres"]["condition"]
+                .as<std::string>(),
+            "service_healthy");
   EXPECT_EQ(
-      Service("init")["depends_on"]["postgres"]["condition"].as<std::string>(),
-      "service_healthy");
+      Service("init")["depends_on"]["migrate"]["condition"].as<std::string>(),
+      "service_completed_successfully");
   EXPECT_EQ(
       Service("sing-box")["depends_on"]["init"]["condition"].as<std::string>(),
       "service_completed_successfully");
-  std::string init = Service("init")["entrypoint"][2].as<std::string>();
-  EXPECT_EQ(init, "boxmeter-collector --migrate && boxmeter-gen");
+  EXPECT_EQ(Service("migrate")["command"][0].as<std::string>(), "--migrate");
+  EXPECT_EQ(Service("init")["entrypoint"][0].as<std::string>(),
+            "/usr/bin/boxmeter-gen");
+}
+
+// Secrets from files, one login per job, none a superuser: the migration as
+// the owner, boxmeter-gen as the generator, the collector as itself.
+TEST_F(ComposeTest, EachJobLogsInAsItsOwnLoginFromASecretFile) {
+  std::map<std::string, std::string> logins = {{"migrate", "boxmeter_owner"},
+                                               {"init", "boxmeter_gen"},
+                                               {"collector", "boxmeter_meter"}};
+  for (const auto& [service, login] : logins) {
+    YAML::Node env = Service(service)["environment"];
+    EXPECT_TRUE(env["BOXMETER_DATABASE_URL"].as<std::string>().starts_with(
+        "postgresql://" + login + "@"))
+        << service;
+    std::string file = env["PGPASSFILE"].as<std::string>();
+    EXPECT_TRUE(file.starts_with("/run/secrets/")) << service;
+    bool mounted = false;
+    for (const auto& secret : Service(service)["secrets"]) {
+      mounted |= "/run/secrets/" + secret.as<std::string>() == file;
+    }
+    EXPECT_TRUE(mounted) << service << " does not mount " << file;
+  }
+  EXPECT_TRUE(
+      Service("collector")["environment"]["BOXMETER_GENERATOR_DATABASE_URL"]
+          .as<std::string>()
+          .starts_with("postgresql://boxmeter_gen@"));
+  for (const auto& service : compose_["services"]) {
+    for (const auto& variable : service.second["environment"]) {
+      std::string name = variable.first.as<std::string>();
+      EXPECT_FALSE(Has(name, "PASSWORD") && !name.ends_with("_FILE"))
+          << service.first << ": " << name << " holds a password";
+      EXPECT_NE(name, "POSTGRES_USER") << "boxmeter logs in as no superuser";
+    }
+  }
 }
 
 // --- The Kubernetes example --------------------------------------------------
@@ -556,13 +610,24 @@ TEST(Kubernetes, SidecarPodSharesWhatTheHookNeeds) {
   ASSERT_TRUE(deployment);
 
   YAML::Node pod = deployment["spec"]["template"]["spec"];
-  EXPECT_TRUE(pod["shareProcessNamespace"].as<bool>());
+  EXPECT_FALSE(pod["shareProcessNamespace"] &&
+               pod["shareProcessNamespace"].as<bool>());
   EXPECT_TRUE(pod["securityContext"]["runAsNonRoot"].as<bool>());
+  EXPECT_EQ(pod["securityContext"]["fsGroup"].as<int>(), 10002)
+      << "sing-box's group: the generated config is readable by it";
   std::set<std::string> names;
   for (const auto& container : pod["containers"]) {
-    names.insert(container["name"].as<std::string>());
+    std::string name = container["name"].as<std::string>();
+    names.insert(name);
     EXPECT_FALSE(
         container["securityContext"]["allowPrivilegeEscalation"].as<bool>());
+    EXPECT_EQ(container["securityContext"]["runAsUser"].as<int>(),
+              name == "sing-box" ? 10002 : 10001);
+    EXPECT_TRUE(container["resources"]["limits"]["memory"]) << name;
+    if (name == "sing-box") {
+      EXPECT_FALSE(container["env"]) << "sing-box gets no secret";
+      EXPECT_FALSE(container["envFrom"]) << "sing-box gets no secret";
+    }
   }
   EXPECT_EQ(names, (std::set<std::string>{"sing-box", "boxmeter-collector"}));
 
@@ -656,77 +721,143 @@ TEST_F(HealthcheckTest, UnhealthyWithoutAHealthFile) {
   EXPECT_TRUE(Has(result.output, "BOXMETER_HEALTH_FILE")) << result.output;
 }
 
-// boxmeter-regenerate against a stand-in boxmeter-gen (on PATH, logging its
-// arguments, exiting as told) and a stand-in sing-box: `sleep` under a unique
-// name, which a SIGHUP kills (exit 129), so a reload is visible.
+// boxmeter-regenerate and sing-box-reloader together, on this machine:
+// stand-ins for boxmeter-gen and boxmeter-collector --flush (on PATH, logging
+// their arguments in order, exiting as told), the real sing-box-reloader over
+// a stand-in sing-box that logs every SIGHUP, and a directory for the reload
+// handshake as the volume sing-box-reload.
 class RegenerateTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string gen = dir_.path() + "/boxmeter-gen";
-    std::ofstream(gen) << "#!/bin/sh\n"
-                          "echo \"gen $*\" >> \"$STUB_LOG\"\n"
-                          "if [ \"$1\" = --check ]; then exit "
-                          "\"$STUB_CHECK_EXIT\"; fi\n"
-                          "exit \"$STUB_GEN_EXIT\"\n";
-    ASSERT_EQ(chmod(gen.c_str(), 0755), 0);
-    // At most 15 characters: the kernel's limit for a command name.
-    name_ = "sbx" + std::to_string(getpid());
-    fs::copy_file("/bin/sleep", dir_.path() + "/" + name_);
+    WriteScript("boxmeter-gen",
+                "echo \"gen $*\" >> \"$STUB_LOG\"\n"
+                "if [ \"$1\" = --check ]; then exit \"$STUB_CHECK_EXIT\"; fi\n"
+                "exit \"$STUB_GEN_EXIT\"\n");
+    WriteScript("boxmeter-collector",
+                "echo \"collector $*\" >> \"$STUB_LOG\"\n"
+                "exit \"$STUB_FLUSH_EXIT\"\n");
+    WriteScript("sing-box",
+                "trap 'echo hup >> \"$LOADS\"' HUP\n"
+                "echo start >> \"$LOADS\"\n"
+                "while :; do sleep 1 & wait $!; done\n");
+    fs::create_directory(reload_dir_);
   }
 
-  void StartSingBox() {
+  // SIGTERM, which sing-box-reloader passes on: no stand-in outlives a test.
+  void TearDown() override {
+    if (reloader_ && reloader_->Running()) {
+      reloader_->Signal(SIGCONT);
+      reloader_->Signal(SIGTERM);
+      EXPECT_TRUE(reloader_->Wait(10s)) << "sing-box-reloader did not end";
+    }
+  }
+
+  void WriteScript(const std::string& name, const std::string& body) {
+    std::string path = dir_.path() + "/" + name;
+    std::ofstream(path) << "#!/bin/sh\n" << body;
+    ASSERT_EQ(chmod(path.c_str(), 0755), 0);
+  }
+
+  void StartReloader() {
     Process::Options options;
-    options.argv = {dir_.path() + "/" + name_, "300"};
-    sing_box_ = Process::Start(options);
-    ASSERT_TRUE(WaitUntil(
-        [&] {
-          return ReadFile("/proc/" + std::to_string(sing_box_->pid()) +
-                          "/comm") == name_ + "\n";
-        },
-        10s));
+    options.argv = {kDockerDir + "/sing-box-reloader.sh",
+                    dir_.path() + "/sing-box"};
+    options.env = {{"SING_BOX_RELOAD_DIR", reload_dir_}, {"LOADS", loads_}};
+    options.stderr_path = dir_.path() + "/reloader.log";
+    reloader_ = Process::Start(options);
+    ASSERT_TRUE(WaitUntil([&] { return Loads() == "start\n"; }, 10s));
   }
 
-  CommandResult Regenerate(int check_exit, int gen_exit = 0) {
+  std::string Loads() { return ReadFile(loads_); }
+
+  CommandResult Regenerate(int check_exit, int gen_exit = 0,
+                           int flush_exit = 0) {
     return RunProgram({kDockerDir + "/regenerate.sh"},
                       {{"PATH", dir_.path() + ":" + getenv("PATH")},
-                       {"SING_BOX_PROCESS", name_},
+                       {"SING_BOX_RELOAD_DIR", reload_dir_},
+                       {"SING_BOX_RELOAD_TIMEOUT", "5"},
                        {"STUB_LOG", log_},
                        {"STUB_CHECK_EXIT", std::to_string(check_exit)},
-                       {"STUB_GEN_EXIT", std::to_string(gen_exit)}});
+                       {"STUB_GEN_EXIT", std::to_string(gen_exit)},
+                       {"STUB_FLUSH_EXIT", std::to_string(flush_exit)}});
   }
 
   TempDir dir_;
-  std::string log_ = dir_.path() + "/gen.log";
-  std::string name_;
-  std::unique_ptr<Process> sing_box_;
+  std::string log_ = dir_.path() + "/steps.log";
+  std::string loads_ = dir_.path() + "/loads.log";
+  std::string reload_dir_ = dir_.path() + "/reload";
+  std::unique_ptr<Process> reloader_;
 };
 
 TEST_F(RegenerateTest, UpToDateConfigIsNeitherWrittenNorReloaded) {
-  StartSingBox();
+  StartReloader();
   CommandResult result = Regenerate(/*check_exit=*/0);
   EXPECT_EQ(result.code, 0) << result.output;
   EXPECT_EQ(ReadFile(log_), "gen --check\n");
-  EXPECT_TRUE(sing_box_->Running()) << "sing-box was signalled needlessly";
+  EXPECT_EQ(Loads(), "start\n") << "sing-box was signalled needlessly";
 }
 
-TEST_F(RegenerateTest, ChangedConfigIsWrittenThenSingBoxReloads) {
-  StartSingBox();
+TEST_F(RegenerateTest, ChangedConfigIsWrittenFlushedThenReloadedOnce) {
+  StartReloader();
   CommandResult result = Regenerate(/*check_exit=*/1);
   EXPECT_EQ(result.code, 0) << result.output;
-  EXPECT_EQ(ReadFile(log_), "gen --check\ngen \n");
-  EXPECT_EQ(sing_box_->Wait(10s), 128 + SIGHUP);
+  // The flush comes after the write and right before the reload request.
+  EXPECT_EQ(ReadFile(log_), "gen --check\ngen \ncollector --flush\n");
+  EXPECT_EQ(Loads(), "start\nhup\n") << "the hook returns once reloaded";
+  EXPECT_TRUE(reloader_->Running());
+  // A second run with the config current: no second reload.
+  result = Regenerate(/*check_exit=*/0);
+  EXPECT_EQ(result.code, 0) << result.output;
+  EXPECT_EQ(Loads(), "start\nhup\n");
 }
 
-TEST_F(RegenerateTest, NothingIsWrittenWhenSingBoxIsNotVisible) {
+TEST_F(RegenerateTest, AnUnansweredReloadStaysPendingUntilServed) {
+  StartReloader();
+  reloader_->Signal(SIGSTOP);  // sing-box-reloader hangs
+  CommandResult result = Regenerate(/*check_exit=*/1);
+  EXPECT_EQ(result.code, 1) << "retried on the next poll";
+  EXPECT_TRUE(Has(result.output, "did not answer")) << result.output;
+  // The next run finds the config current but the reload pending: it
+  // flushes and asks again.
+  result = Regenerate(/*check_exit=*/0);
+  EXPECT_EQ(result.code, 1);
+  EXPECT_EQ(ReadFile(log_),
+            "gen --check\ngen \ncollector --flush\n"
+            "gen --check\ncollector --flush\n");
+  // The reloader, back, serves the latest request, once.
+  reloader_->Signal(SIGCONT);
+  ASSERT_TRUE(WaitUntil([&] { return Loads() == "start\nhup\n"; }, 10s))
+      << Loads();
+  result = Regenerate(/*check_exit=*/0);
+  EXPECT_EQ(result.code, 0) << result.output;
+  EXPECT_EQ(Loads(), "start\nhup\n") << "nothing pending any more";
+}
+
+TEST_F(RegenerateTest, APendingRequestAtStartIsNotSignalled) {
+  // The container was down when the hook asked: the sing-box started now
+  // reads the current config, and must not get a SIGHUP while starting.
   CommandResult result = Regenerate(/*check_exit=*/1);
   EXPECT_EQ(result.code, 1);
-  EXPECT_EQ(ReadFile(log_), "") << "a config written but never reloaded "
-                                   "would look up to date to the next run";
-  EXPECT_TRUE(Has(result.output, "PID namespace")) << result.output;
+  StartReloader();
+  result = Regenerate(/*check_exit=*/0);
+  EXPECT_EQ(result.code, 0) << result.output;
+  EXPECT_EQ(Loads(), "start\n");
+  EXPECT_EQ(ReadFile(log_),
+            "gen --check\ngen \ncollector --flush\n"
+            "gen --check\n")
+      << "marked done at start: nothing pending, no second flush";
 }
 
-TEST_F(RegenerateTest, GeneratorErrorsFailTheHookWithoutReload) {
-  StartSingBox();
+TEST_F(RegenerateTest, AFailedFlushDoesNotHoldBackTheReload) {
+  StartReloader();
+  CommandResult result = Regenerate(/*check_exit=*/1, 0, /*flush_exit=*/69);
+  EXPECT_EQ(result.code, 0) << result.output;
+  EXPECT_TRUE(Has(result.output, "reloading anyway")) << result.output;
+  EXPECT_EQ(Loads(), "start\nhup\n");
+}
+
+TEST_F(RegenerateTest, GeneratorErrorsFailTheHookWithoutFlushOrReload) {
+  StartReloader();
   // --check failing (say, the database is down: 69).
   CommandResult result = Regenerate(/*check_exit=*/69);
   EXPECT_EQ(result.code, 1);
@@ -735,7 +866,15 @@ TEST_F(RegenerateTest, GeneratorErrorsFailTheHookWithoutReload) {
   result = Regenerate(/*check_exit=*/1, /*gen_exit=*/73);
   EXPECT_EQ(result.code, 1);
   EXPECT_EQ(ReadFile(log_), "gen --check\ngen --check\ngen \n");
-  EXPECT_TRUE(sing_box_->Running());
+  EXPECT_EQ(Loads(), "start\n");
+}
+
+TEST_F(RegenerateTest, ReloaderPassesSigtermOnAndEndsWithSingBox) {
+  StartReloader();
+  reloader_->Signal(SIGTERM);
+  std::optional<int> code = reloader_->Wait(10s);
+  ASSERT_TRUE(code) << "sing-box-reloader did not end after SIGTERM";
+  EXPECT_EQ(*code, 128 + SIGTERM) << "sing-box's own status (the stand-in's)";
 }
 
 }  // namespace

@@ -72,6 +72,9 @@ class Installed {
   std::string Unit(const std::string& name) const {
     return prefix_ + "/share/boxmeter/" + name;
   }
+  std::string Binary(const std::string& name) const {
+    return prefix_ + "/bin/" + name;
+  }
 
  private:
   TempDir dir_;
@@ -313,6 +316,10 @@ TEST(SystemdUnits, CollectorServiceKeepsItsPromises) {
   EXPECT_EQ(unit.Values("Service", "SystemCallFilter").front(),
             "@system-service");
   EXPECT_EQ(unit.Value("Service", "RuntimeDirectory"), "boxmeter");
+  EXPECT_EQ(unit.Value("Service", "RuntimeDirectoryMode"), "0700");
+  // No core with the password in it; a ceiling above BENCHMARKS.md's peak.
+  EXPECT_EQ(unit.Value("Service", "LimitCORE"), "0");
+  EXPECT_EQ(unit.Value("Service", "MemoryMax"), "1G");
 
   EXPECT_TRUE(Contains(unit.Words("Install", "Also"), "boxmeter-gen.path"));
 }
@@ -329,12 +336,21 @@ TEST(SystemdUnits, GeneratorIsAOneshotStartedOnlyByItsPathUnit) {
   // install tree test shows there is no .timer).
   EXPECT_EQ(service.Values("Install", "WantedBy"), std::vector<std::string>{});
   EXPECT_EQ(path.Value("Path", "Unit"), "boxmeter-gen.service");
-  // The reload of sing-box runs with full privileges (+), the generator
-  // itself as an unprivileged user.
-  EXPECT_EQ(service.Value("Service", "ExecStartPost"),
-            "+/usr/bin/systemctl try-reload-or-restart sing-box.service");
+  // The flush and the reload of sing-box run with full privileges (+), the
+  // flush right before the reload and not holding it back (-); the
+  // generator itself as its own unprivileged user, with sing-box's group.
+  EXPECT_EQ(service.Values("Service", "ExecStartPost"),
+            (std::vector<std::string>{
+                "-+" + installed.Binary("boxmeter-collector") +
+                    " --flush --config /etc/boxmeter/boxmeter.yaml",
+                "+/usr/bin/systemctl try-reload-or-restart sing-box.service"}));
   ASSERT_TRUE(service.Value("Service", "User"));
   EXPECT_NE(service.Value("Service", "User"), "root");
+  EXPECT_NE(service.Value("Service", "User"), "sing-box");
+  EXPECT_EQ(service.Value("Service", "DynamicUser"), "yes");
+  EXPECT_EQ(service.Value("Service", "Group"), "sing-box");
+  EXPECT_EQ(service.Value("Service", "LimitCORE"), "0");
+  EXPECT_TRUE(service.Value("Service", "MemoryMax"));
   EXPECT_EQ(service.Value("Service", "ProtectSystem"), "strict");
   EXPECT_EQ(service.Value("Service", "CapabilityBoundingSet"), "");
   Config example = ExampleConfig();

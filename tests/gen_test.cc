@@ -277,6 +277,21 @@ TEST_F(GenTest, WritesMode0600AndCheckTellsWhetherTheFileIsUpToDate) {
   EXPECT_EQ(Gen({"--check"}).code, 0);
 }
 
+// The container and systemd layouts: the generator runs as its own user and
+// writes into a set-group-ID directory of sing-box's group, which must read it.
+TEST_F(GenTest, WritesMode0640InASetGroupIdDirectory) {
+  InsertStandardRows();
+  ASSERT_EQ(chmod(dir_.path().c_str(), 02700), 0);
+  ASSERT_EQ(Gen().code, 0);
+  std::optional<FileState> written = Stat(output_path_);
+  ASSERT_TRUE(written);
+  EXPECT_EQ(written->mode, 0640u) << "readable by the directory's group";
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0700), 0);
+  Sql("UPDATE users SET enabled = false WHERE name = 'bob'");
+  ASSERT_EQ(Gen().code, 0);
+  EXPECT_EQ(Stat(output_path_)->mode, 0600u) << "an ordinary directory again";
+}
+
 TEST_F(GenTest, SameDatabaseGivesTheSameBytesAndStdoutWritesNothing) {
   InsertStandardRows();
   GenRun printed = Gen({"--stdout"});
