@@ -50,3 +50,13 @@ GRANT UPDATE (instance_boot_id, instance_generation, instance_start_lo_ms,
               instance_start_hi_ms)
   ON nodes TO boxmeter_collector;
 GRANT UPDATE (generation) ON counters TO boxmeter_collector;
+
+-- Recorded by the file itself, so that it applies on its own with plain
+-- psql (psql -1 -v ON_ERROR_STOP=1 -f) as well as through the collector's
+-- migration runner, which creates the same table first.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  name text PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (name) VALUES ('0005_instance_identity.sql')
+ON CONFLICT (name) DO NOTHING;

@@ -38,3 +38,13 @@ ALTER TABLE nodes
 -- granted SELECT and INSERT on the whole table already).
 GRANT UPDATE (lease_holder, lease_token, lease_expires_at)
   ON nodes TO boxmeter_collector;
+
+-- Recorded by the file itself, so that it applies on its own with plain
+-- psql (psql -1 -v ON_ERROR_STOP=1 -f) as well as through the collector's
+-- migration runner, which creates the same table first.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  name text PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (name) VALUES ('0006_writer_lease.sql')
+ON CONFLICT (name) DO NOTHING;

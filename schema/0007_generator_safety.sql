@@ -156,3 +156,13 @@ CREATE CONSTRAINT TRIGGER inbounds_unique_credentials
 REVOKE EXECUTE ON FUNCTION
   boxmeter_check_inbound_credentials(bigint, bigint)
   FROM PUBLIC;
+
+-- Recorded by the file itself, so that it applies on its own with plain
+-- psql (psql -1 -v ON_ERROR_STOP=1 -f) as well as through the collector's
+-- migration runner, which creates the same table first.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  name text PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (name) VALUES ('0007_generator_safety.sql')
+ON CONFLICT (name) DO NOTHING;

@@ -255,7 +255,7 @@ INSTANTIATE_TEST_SUITE_P(PlusMinus3And90Seconds, WallClockStepTest,
 // Two collectors configured with the same node, each beside its own core:
 // the second never writes (it names the holder of the node in its log), so
 // the totals stay the first core's counters.
-TEST_F(ExactlyOnceE2eTest, DISABLED_TwoCollectorsForOneNodeOnTwoCores) {
+TEST_F(ExactlyOnceE2eTest, TwoCollectorsForOneNodeOnTwoCores) {
   StartCollector();
   PushFromEveryone(1);
   ASSERT_TRUE(DatabaseMatchesV2Ray());

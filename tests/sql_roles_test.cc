@@ -84,7 +84,8 @@ TEST_F(SqlRolesTest, CollectorWorksAsALoginRoleOfBoxmeterCollector) {
   ASSERT_TRUE(renewed.ok()) << renewed.message();
   Status released = store.ReleaseLease(lease.token);
   ASSERT_TRUE(released.ok()) << released.message();
-  EXPECT_EQ(Query("SELECT lease_holder IS NULL, lease_token FROM nodes"),
+  EXPECT_EQ(Query("SELECT lease_holder IS NULL, lease_token FROM nodes "
+                  "WHERE name = 'edge-1'"),
             "t|1");
   int64_t seq = 0;
   ASSERT_TRUE(store.ReadCommitSeq(&seq).ok());

@@ -447,10 +447,9 @@ class ChaosWorld {
   }
 
   // SIGTERM and the exit it must lead to: 0 when everything it fetched is
-  // committed. With exactly_once_faults a collector whose database path is
-  // broken at the stop may instead give up with a sysexits code and the
-  // bytes it leaves in its log (v2ray-core still counts them: the next start
-  // commits them); the old collector always exits 0.
+  // committed. A collector whose database path is broken at the stop may
+  // instead give up with a sysexits code and the bytes it leaves in its log
+  // (v2ray-core still counts them: the next start commits them).
   void TermAndExpectExit(const std::string& kind) {
     AwaitCollectorStarted();
     bool database_healthy = DatabasePathHealthy();
@@ -459,7 +458,7 @@ class ChaosWorld {
     if (!code)
       throw ChaosFailure("the collector did not exit within 60s of SIGTERM");
     CollectorStopped();
-    bool may_give_up = options_.exactly_once_faults && !database_healthy;
+    bool may_give_up = !database_healthy;
     if (*code == 0) return Survived(kind, "exit 0");
     if (may_give_up && *code >= 64 && *code <= 78 &&
         collector_->LogTail(10).find("bytes") != std::string::npos) {
