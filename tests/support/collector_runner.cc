@@ -58,10 +58,11 @@ CollectorRunner::CollectorRunner(std::string binary, Settings settings)
       << "  interval: " << settings.poll_interval << "\n"
       << "log:\n"
       << "  level: " << settings.log_level << "\n";
-  if (!settings.control_socket.empty()) {
-    out << "control:\n"
-        << "  socket: " << Quoted(settings.control_socket) << "\n";
-  }
+  std::string control_socket = settings.control_socket.empty()
+                                   ? dir_->path() + "/collector.sock"
+                                   : settings.control_socket;
+  out << "control:\n"
+      << "  socket: " << Quoted(control_socket) << "\n";
   if (!out.flush()) {
     throw std::runtime_error("CollectorRunner: cannot write " + config_path_);
   }

@@ -28,8 +28,9 @@ class CollectorRunner {
     std::string poll_interval = "200ms";
     std::string source_timeout = "2s";
     std::string log_level = "debug";  // each poll is a line: tests count them
-    // control.socket, for --flush; empty: not written (the collector's
-    // default, /run/boxmeter/collector.sock, is no place for a test).
+    // control.socket, for --flush; empty: collector.sock in the runner's own
+    // directory (the collector's default, /run/boxmeter/collector.sock, is no
+    // place for a test or the demo, and two runners must not share one).
     std::string control_socket = "";
   };
 
