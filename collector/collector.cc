@@ -25,6 +25,9 @@ constexpr milliseconds kMaxBackoff{30000};
 // long (or three poll intervals, whichever is longer).
 constexpr milliseconds kMinLeaseTtl{3000};
 
+// How often a stop tries its final poll again when it fails.
+constexpr int kFinalFetchTries = 3;
+
 // Retention runs at most this often, and each run stops after the budget
 // (leaving the rest for the next run), so that commits wait at most that
 // long once an hour. At 10,000 rows a batch that is well over the rows
@@ -202,6 +205,7 @@ void Collector::Reload(const Config& config) {
 
 void Collector::Advance() {
   if (phase_ == Phase::kStopped) return;
+  if (once_failed_) return MaybeFinish();  // start nothing more
   AnswerWaiters();
   AdvanceHooks();
   bool may_fetch = phase_ == Phase::kLoading || phase_ == Phase::kRunning;
@@ -291,7 +295,10 @@ void Collector::StartDatabaseWork() {
 
 void Collector::MaybeFinish() {
   if (ending_ == Ending::kNone || phase_ == Phase::kStopped) return;
+  // Not before the fetch and the database call in flight are back: their
+  // completions are posted to the io_context, which must outlive them.
   if (fetch_in_flight_ != 0 || db_ != DbWork::kIdle) return;
+  if (once_failed_) return Finish(EX_UNAVAILABLE);
   bool final_fetch_done = last_fetch_done_ > stop_after_fetch_;
   bool final_fetch_ok = last_fetch_ok_ > stop_after_fetch_;
   switch (phase_) {
@@ -410,6 +417,15 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
   if (!status.ok()) {
     source_health_.Down(status.message());
     last_poll_result_ = "stats API: " + status.message();
+    if (ending_ == Ending::kStop && fetch > stop_after_fetch_ &&
+        final_fetch_tries_ < kFinalFetchTries) {
+      // The final poll failed (a stats API slow to answer, or just
+      // restarted): try again while the stop budget lasts. A sing-box that
+      // is already gone refuses at once, so this costs nothing then.
+      ++final_fetch_tries_;
+      stop_after_fetch_ = fetch;
+      fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
+    }
     std::erase_if(waiters_, [&](Waiter& waiter) {
       if (waiter.fetch != 0 || waiter.after_fetch >= fetch) return false;
       waiter.done(status);
@@ -479,7 +495,7 @@ void Collector::StartLoad() {
 void Collector::OnLoaded(Status status, LeaseState lease, NodeState state) {
   if (!status.ok()) {
     AfterDatabaseFailure(status);
-    if (ending_ == Ending::kOnce) return Finish(EX_UNAVAILABLE);
+    if (ending_ == Ending::kOnce) once_failed_ = true;
     return Advance();
   }
   if (!ready_sent_) {
@@ -494,7 +510,7 @@ void Collector::OnLoaded(Status status, LeaseState lease, NodeState state) {
         "{}ms unless it renews it; is a second collector configured with "
         "this node name?",
         config_.node, lease.holder, lease.expires_in.count()));
-    if (ending_ == Ending::kOnce) return Finish(EX_UNAVAILABLE);
+    if (ending_ == Ending::kOnce) once_failed_ = true;
     // Look again when it would lapse, at least once a poll interval.
     retry_after_ = steady_clock::now() +
                    std::clamp<milliseconds>(lease.expires_in, milliseconds(100),
@@ -553,7 +569,7 @@ void Collector::OnCommitted(CommitResult result, size_t rows, int64_t fetch) {
       }
       AfterDatabaseFailure(result.status);
       FailWaiters(result.status, false);
-      if (ending_ == Ending::kOnce) return Finish(EX_UNAVAILABLE);
+      if (ending_ == Ending::kOnce) once_failed_ = true;
       break;
     case CommitOutcome::kUnknown:
       LogWarn(
@@ -588,7 +604,7 @@ void Collector::StartResolve() {
 void Collector::OnResolved(Status status, int64_t seq) {
   if (!status.ok()) {
     AfterDatabaseFailure(status);
-    if (ending_ == Ending::kOnce) return Finish(EX_UNAVAILABLE);
+    if (ending_ == Ending::kOnce) once_failed_ = true;
     return Advance();
   }
   commit_ = CommitState::kClean;

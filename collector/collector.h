@@ -206,6 +206,7 @@ class Collector {
   int64_t committed_fetch_ = 0;
   std::vector<Waiter> waiters_;
   int64_t stop_after_fetch_ = 0;   // ending_: the final fetch is above this
+  int final_fetch_tries_ = 0;      // retries of a failed final fetch
   int64_t hook_flush_after_ = -1;  // a hook run waits for this flush
   int64_t unresolved_fetch_ = 0;   // the fetch of a commit of unknown outcome
 
@@ -233,6 +234,9 @@ class Collector {
   bool warned_malformed_ = false;
   std::string standby_reason_;  // logged once per standby
   int exit_code_ = 0;
+  // --once: the database or the lease failed; finish once nothing is in
+  // flight, starting nothing more.
+  bool once_failed_ = false;
 
   PeerHealth source_health_;
   PeerHealth database_health_;

@@ -189,6 +189,17 @@ TEST_F(CollectorTest, StopRightAfterARestartCountsTheNewInstanceOnce) {
   EXPECT_EQ(collector_->ExitCode(), 0);
 }
 
+TEST_F(CollectorTest, StopTriesAFailedFinalPollAgain) {
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return Count("READY=1") == 1; }));
+  int fetches = source_.fetches();
+  source_.Fail(Status::Unavailable("sing-box is gone"));
+  collector_->Stop();
+  io_.run();
+  EXPECT_EQ(source_.fetches(), fetches + 4) << "one final poll, three retries";
+  EXPECT_EQ(collector_->ExitCode(), 0) << "nothing counted was left";
+}
+
 TEST_F(CollectorTest, FlushIsAnsweredOnceTrafficBeforeItIsCommitted) {
   config_.poll.interval = std::chrono::hours(1);  // only the flush polls
   Create();
