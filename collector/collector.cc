@@ -26,7 +26,10 @@ constexpr milliseconds kMaxBackoff{30000};
 constexpr milliseconds kMinLeaseTtl{3000};
 
 // How often a stop tries its final poll again when it fails.
+// A stats API that was just restarted may take a moment to listen again;
+// the pauses grow (250, 500, 750 ms), 1.5 s in all.
 constexpr int kFinalFetchTries = 3;
+constexpr milliseconds kFinalFetchPause{250};
 
 // Retention runs at most this often, and each run stops after the budget
 // (leaving the rest for the next run), so that commits wait at most that
@@ -424,7 +427,12 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
       // is already gone refuses at once, so this costs nothing then.
       ++final_fetch_tries_;
       stop_after_fetch_ = fetch;
-      fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
+      poll_timer_.expires_after(kFinalFetchPause * final_fetch_tries_);
+      poll_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec) return;
+        fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
+        Advance();
+      });
     }
     std::erase_if(waiters_, [&](Waiter& waiter) {
       if (waiter.fetch != 0 || waiter.after_fetch >= fetch) return false;

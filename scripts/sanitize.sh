@@ -70,10 +70,14 @@ run_asan() {
   rm -rf "$dir/sanitizer-logs" && mkdir -p "$dir/sanitizer-logs"
   local log="$root/$dir/sanitizer-logs"
   local status=0
+  # Left out: the wall-clock-step tests, which start the collector under
+  # libfaketime's LD_PRELOAD; ASan must be the first library loaded and
+  # aborts the collector there. The plain build runs them.
   ASAN_OPTIONS="log_path=$log/asan:detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1" \
   LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0" \
   UBSAN_OPTIONS="log_path=$log/ubsan:print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsan.supp" \
     ctest --test-dir "$dir" --output-on-failure -j"$ctest_jobs" -LE chaos \
+    -E 'WallClockStep' \
     || status=$?
   check_logs "$dir" "ASan+UBSan" || status=1
   return $status
