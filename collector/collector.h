@@ -5,8 +5,8 @@
 //                                                   │
 //             database worker thread ◄── Commit ◄───┘ (if anything changed)
 //
-// Its life is one state machine. Three fields hold all of its state, each an
-// enum, and one function, Advance(), is the only place that starts work:
+// Its life is one state machine. Four enums hold its state, and one
+// function, Advance(), is the only place that starts work:
 //
 //   phase_     kLoading ──► kRunning ──► kStopped
 //                  ▲  │        │  ▲
@@ -17,8 +17,11 @@
 //              committing, resolving an unknown commit, renewing the lease,
 //              pruning, reading the users fingerprint, releasing the lease
 //   ending_    none, --once, or stopping (SIGTERM/SIGINT)
+//   commit_    clean, or a commit whose outcome is unknown until resolved
 //
-// plus the fetch in flight (by number) and the flushes waiting for a commit.
+// plus the fetch in flight (by number), the flushes waiting for a commit, and
+// whether a --once run already failed (it then finishes once nothing is in
+// flight).
 // Event handlers (a fetch came back, a database call returned, a timer
 // fired, a signal, a flush request) only record what happened and call
 // Advance(), which looks at the whole state and starts what is due. So no
