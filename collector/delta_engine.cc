@@ -44,6 +44,44 @@ void DeltaEngine::AddPending(Entry& entry, const CounterValues& delta) {
   // TrafficBetween never produces.
 }
 
+void DeltaEngine::TrackCheckpoints(const InstanceSighting& seen,
+                                   const StartInterval& before) {
+  for (Checkpoint& checkpoint : checkpoints_) {
+    // `seen` overlapped the instance's interval, which lies inside this.
+    checkpoint.start = checkpoint.start.Intersect(seen.start);
+  }
+  // A newer instance than the previous sighting's started after that was
+  // asked; one `seen` could be the first sighting of opens a checkpoint.
+  if (loaded_ && previous_asked_ms_ && seen.start.hi_ms > *previous_asked_ms_) {
+    if (checkpoints_.size() == kMaxCheckpoints) {
+      checkpoints_.erase(checkpoints_.begin());
+    }
+    checkpoints_.push_back({*previous_asked_ms_, seen.start, before, {}});
+  }
+  // Closed once no start is both after the sighting before it was asked and
+  // inside its interval, or once that interval lies inside `before` (a
+  // sighting disjoint from the instance's interval is then disjoint from
+  // the checkpoint's too).
+  std::erase_if(checkpoints_, [](const Checkpoint& checkpoint) {
+    return checkpoint.start.hi_ms <= checkpoint.previous_asked_ms ||
+           (checkpoint.before.lo_ms <= checkpoint.start.lo_ms &&
+            checkpoint.start.hi_ms <= checkpoint.before.hi_ms);
+  });
+}
+
+const DeltaEngine::Checkpoint* DeltaEngine::RedatedCheckpoint(
+    const InstanceSighting& seen) const {
+  for (const Checkpoint& checkpoint : checkpoints_) {
+    // Oldest first: where two are possible, dating further back errs low.
+    if (checkpoint.start.Overlaps(seen.start) &&
+        checkpoint.start.Intersect(seen.start).hi_ms >
+            checkpoint.previous_asked_ms) {
+      return &checkpoint;
+    }
+  }
+  return nullptr;
+}
+
 void DeltaEngine::Load(int64_t commit_seq, const InstanceIdentity& instance,
                        const std::vector<Baseline>& baselines) {
   assert(!in_flight());
@@ -53,6 +91,7 @@ void DeltaEngine::Load(int64_t commit_seq, const InstanceIdentity& instance,
     counters_.clear();
     counters_with_pending_ = 0;
     observed_before_load_ = false;
+    checkpoints_.clear();
   }
   commit_seq_ = commit_seq;
   // Generations seen before Load count from 0: the first instance seen is
@@ -127,36 +166,73 @@ ObserveResult DeltaEngine::Observe(const Snapshot& snapshot) {
                     Fell(values, entry.last));
     entries.push_back(&entry);
   }
-  result.new_instance = fell || instance_.ProvesNew(snapshot.instance);
+  const InstanceSighting& seen = snapshot.instance;
+  if (instance_.boot_id.empty() || instance_.boot_id != seen.boot_id) {
+    // Times on another boot's clock (or none yet) say nothing here.
+    checkpoints_.clear();
+    previous_asked_ms_.reset();
+  }
+  result.new_instance = fell || instance_.ProvesNew(seen);
+  // A restart the clocks alone prove may have happened at a checkpoint.
+  const Checkpoint* redated =
+      result.new_instance && !fell ? RedatedCheckpoint(seen) : nullptr;
+  int64_t previous_generation = instance_.generation;
   if (result.new_instance) {
     if (!loaded_ && !first_instance_) first_instance_ = instance_;
-    instance_.Restart(snapshot.instance);
+    // Dated back or not, the new instance's interval is `seen`'s alone: the
+    // sightings since a checkpoint may have been the old instance's (dating
+    // back errs low), and a narrower interval than the truth would later
+    // prove this instance new again and count it twice.
+    instance_.Restart(seen);
   } else {
-    instance_.Continue(snapshot.instance);
+    StartInterval before = instance_.start;
+    instance_.Continue(seen);
+    TrackCheckpoints(seen, before);
   }
-  same_kernel_ = snapshot.instance.same_kernel;
+  previous_asked_ms_ = seen.asked_ms;
+  same_kernel_ = seen.same_kernel;
   observed_before_load_ = observed_before_load_ || !loaded_;
   int64_t generation = instance_.generation;
   auto next_entry = entries.begin();
   for (const auto& [key, values] : snapshot.counters) {
     Entry* entry = *next_entry++;
+    CounterValues delta = values;
     if (entry->generation == kNotSeen) {
-      if (loaded_) {
-        // Not in the database: a counter this instance created.
-        AddPending(*entry, values);
-      } else {
+      // Before Load, an anchor (Load counts it); after, a counter the
+      // database has never seen, which this instance created.
+      if (!loaded_) {
         anchors_.emplace(key, Baseline{key, values, generation});
+        delta = {};
       }
       if (!IsZero(values)) ++result.changed;
     } else {
       if (entry->generation != generation) ++result.restarted;
       if (!(values == entry->last)) ++result.changed;
-      AddPending(*entry, TrafficBetween(entry->last, entry->generation, values,
-                                        generation));
+      if (redated && entry->generation == previous_generation) {
+        // Dated back to the checkpoint: of this instance's `values`, what
+        // was counted since is counted already (no more than the last
+        // value seen, which did not fall).
+        auto counted = redated->counted.find(entry);
+        if (counted != redated->counted.end()) {
+          entry->last = counted->second;
+          entry->generation = generation;
+        }
+      }
+      delta =
+          TrafficBetween(entry->last, entry->generation, values, generation);
+    }
+    AddPending(*entry, delta);
+    if (!result.new_instance && !IsZero(delta)) {
+      for (Checkpoint& checkpoint : checkpoints_) {
+        CounterValues& counted = checkpoint.counted[entry];
+        counted.uplink = SaturatingAdd(counted.uplink, delta.uplink);
+        counted.downlink = SaturatingAdd(counted.downlink, delta.downlink);
+      }
     }
     entry->last = values;
     entry->generation = generation;
   }
+  if (result.new_instance) checkpoints_.clear();
   last_observed_at_ms_ = snapshot.taken_at_ms;
   return result;
 }
@@ -174,6 +250,10 @@ CommitBatch DeltaEngine::Prepare() {
   batch.expected_seq = commit_seq_;
   batch.observed_at_ms = last_observed_at_ms_;
   batch.instance = instance_;
+  // The sightings since a checkpoint may yet prove a newer instance's.
+  if (!checkpoints_.empty()) {
+    batch.instance.start = checkpoints_.front().before;
+  }
   batch.rows.reserve(counters_with_pending_);
   in_flight_.reserve(counters_with_pending_);
   for (auto& [key, entry] : counters_) {

@@ -20,6 +20,30 @@
 // by another client of the stats API (the collector never resets) looks like
 // a restart, so every counter of the instance is counted whole again.
 //
+// Hindsight corrects the one case where that choice would later count
+// twice. The first sightings of an instance that started within about a
+// second of the current one's start may overlap its interval and be taken
+// for it (counting `value - last`) while narrowing the interval towards the
+// new start; a later sighting then proves a new instance, and counting its
+// whole value would add those differences a second time. sing-box closes an
+// instance before it creates the next (a reload, like a restart), so a new
+// instance's first sighting has a start interval reaching past the time the
+// sighting before it was asked. Each such sighting taken for the current
+// instance opens a checkpoint, which records per counter what is counted
+// from then on. A sighting that proves a new instance dates the restart back
+// to the earliest checkpoint the new instance can have started at: after the
+// sighting before it was asked, and inside the start interval of it and of
+// every later sighting. Each counter then adds its value minus what was
+// counted since; its interval is the proving sighting's alone, since the
+// sightings since the checkpoint may have been the old instance's after all.
+// A checkpoint closes at the next restart, or once no start
+// can be both. While one is open, a commit stores the interval from before
+// the oldest, so a collector that starts later cannot count twice either.
+// Checkpoints need a previous sighting of this collector's, so the first
+// sighting after a collector starts opens none. They cost nothing per
+// counter: only the counters that move while one is open are recorded, and
+// outside an instance's first second or two none is open.
+//
 // A commit adds pending to the database totals, sets the database's baseline
 // to the last observed values and their generation, and stores the current
 // identity, in one transaction guarded by the node's commit sequence number:
@@ -137,10 +161,27 @@ class DeltaEngine {
     int64_t generation = kNotSeen;
     CounterValues pending;
   };
+  // A sighting of the current generation that may have been the first of a
+  // newer instance, taken for the current one.
+  struct Checkpoint {
+    // The sighting before it was asked then: a newer instance it was the
+    // first sighting of started later.
+    int64_t previous_asked_ms = 0;
+    StartInterval start;   // its start interval and every later sighting's
+    StartInterval before;  // the instance's interval before it
+    // What was counted since, for each counter that moved.
+    std::unordered_map<Entry*, CounterValues> counted;
+  };
   // The generation of an entry made by the current Observe.
   static constexpr int64_t kNotSeen = INT64_MIN;
 
   void AddPending(Entry& entry, const CounterValues& delta);
+  // After `seen` was taken as the current instance, whose interval was
+  // `before`: opens, narrows and closes checkpoints.
+  void TrackCheckpoints(const InstanceSighting& seen,
+                        const StartInterval& before);
+  // The checkpoint a restart proven by `seen` dates back to, or null.
+  const Checkpoint* RedatedCheckpoint(const InstanceSighting& seen) const;
   // Forgets the batch in flight and frees what it held.
   void ReleaseInFlight();
 
@@ -149,6 +190,13 @@ class DeltaEngine {
   // generation (counted from 0 before Load) it came from.
   std::unordered_map<CounterKey, Baseline, CounterKeyHash> anchors_;
   InstanceIdentity instance_;
+  // Oldest first; at most kMaxCheckpoints (a reload storm that nothing
+  // proves for a while), the oldest dropped beyond.
+  std::vector<Checkpoint> checkpoints_;
+  static constexpr size_t kMaxCheckpoints = 16;
+  // When this collector's previous sighting was asked, if it had one on the
+  // clock of instance_.
+  std::optional<int64_t> previous_asked_ms_;
   // Before Load: the first instance seen, once a restart replaced it, and
   // whether any snapshot was seen at all.
   std::optional<InstanceIdentity> first_instance_;

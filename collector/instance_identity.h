@@ -76,6 +76,11 @@ struct InstanceSighting {
   std::string boot_id;       // the boot the interval's clock belongs to
   bool same_kernel = false;  // the source runs on this boot's kernel
   StartInterval start;
+  // When the fetch was asked (its first request sent) and answered (its
+  // last answer received), on the same clock as `start`: the instance read
+  // its counters in between.
+  int64_t asked_ms = 0;
+  int64_t answered_ms = 0;
 
   bool operator==(const InstanceSighting&) const = default;
 };

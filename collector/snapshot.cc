@@ -20,7 +20,8 @@ Status MakeSnapshot(const StatsReply& reply, Snapshot* out) {
   Snapshot snapshot;
   snapshot.taken_at_ms = reply.answered_wall_ms;
   snapshot.instance = {reply.boot_id, reply.same_kernel,
-                       before.Intersect(after)};
+                       before.Intersect(after), reply.before.sent_ms,
+                       reply.after.received_ms};
   snapshot.counters.reserve(reply.stats.size() / 2 + 1);
   // A direction not seen yet holds kUnseen (values below zero are skipped
   // before they get here), so one map both merges the two directions of a

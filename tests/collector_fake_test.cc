@@ -217,15 +217,13 @@ TEST_F(CollectorFakeTest, TwoHundredThousandCountersAreCommittedInFull) {
 // Reloads 1-2 s apart whose counters come back higher than before: only the
 // uptime tells the instances apart (taking one for the previous one would
 // count `value - last` and lose what it counted first). Each instance is
-// polled at least once after its last value. Issue 10; DISABLED_ until the
-// identity branch (monotonic-clock instance intervals) is merged into main.
-TEST_F(CollectorFakeTest, DISABLED_ReloadStormWithRisingCountersLosesNothing) {
-  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " 100"), "");
-  StartCollector();
-  ASSERT_TRUE(DatabaseHolds({{kAliceUp, 100}}));
-  int64_t total = 100;
+// polled at least once after its last value. Issue 10: the first sightings
+// of an instance this young can be taken for the previous one; a later one
+// proves the restart and dates it back (DeltaEngine's checkpoints).
+TEST_F(CollectorFakeTest, ReloadStormWithRisingCountersLosesNothing) {
+  int64_t total = 0;
   std::mt19937 rng(10);
-  for (int64_t instance = 2; instance <= 9; ++instance) {
+  for (int64_t instance = 1; instance <= 9; ++instance) {
     auto started = std::chrono::steady_clock::now();
     auto life = std::chrono::milliseconds(
         std::uniform_int_distribution<int>(1000, 2000)(rng));
@@ -235,6 +233,10 @@ TEST_F(CollectorFakeTest, DISABLED_ReloadStormWithRisingCountersLosesNothing) {
                              std::to_string(value)),
               "");
     total += value;
+    if (instance == 1) {
+      StartCollector();
+      ASSERT_TRUE(DatabaseHolds({{kAliceUp, 100}}));
+    }
     ASSERT_TRUE(AwaitPolls(2)) << "instance " << instance;
     // The rest of its 1-2 s of life; the collector keeps polling.
     ASSERT_TRUE(AwaitPolls(1));

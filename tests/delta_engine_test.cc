@@ -30,7 +30,8 @@ InstanceSighting Seen(int64_t start_ms, int64_t sent_ms,
   int64_t read_ms = sent_ms + latency_ms / 2;
   UptimeSample sample{sent_ms, sent_ms + latency_ms,
                       static_cast<uint32_t>((read_ms - start_ms) / 1000)};
-  return {std::move(boot), same_kernel, StartIntervalOf(sample, same_kernel)};
+  return {std::move(boot), same_kernel, StartIntervalOf(sample, same_kernel),
+          sent_ms, sent_ms + latency_ms};
 }
 
 Snapshot Snap(InstanceSighting instance,
@@ -127,6 +128,75 @@ TEST(DeltaEngineTest, ARestartWithinTwoSecondsIsSeenWithoutAFall) {
   EXPECT_EQ(batch.rows[0].generation, 1);
   EXPECT_EQ(batch.instance,
             (InstanceIdentity{kBoot, 1, {kStart + 900, kStart + 1911}}));
+}
+
+// Issue 10: instances that live about a second. The engine is on
+// generation 5, an instance that started at K; polled 100, 400 and 990 ms
+// after its start. The next one starts at K + 1050 and its first sighting,
+// 10 ms later, overlaps the old interval: it is taken for the old instance
+// (value - last) and narrows the interval to (K + 60, K + 111).
+class ShortLivedInstances : public ::testing::Test {
+ protected:
+  static constexpr int64_t K = kStart + 200'000;
+  static constexpr int64_t kNext = K + 1050;
+
+  void SetUp() override {
+    engine_ = Loaded({{User("a"), {100, 200}, 4}});
+    ASSERT_TRUE(Poll(K, K + 100, 10).new_instance);
+    Poll(K, K + 400, 20);
+    Poll(K, K + 990, 30);
+    ASSERT_FALSE(Poll(kNext, kNext + 10, 40).new_instance);
+    ASSERT_EQ(engine_.instance().start, (StartInterval{K + 60, K + 111}));
+  }
+  ObserveResult Poll(int64_t start, int64_t sent, int64_t value) {
+    return engine_.Observe(
+        Snap(Seen(start, sent), {{User("a"), {value, value}}}));
+  }
+  int64_t Pending() { return engine_.Prepare().rows.at(0).delta.uplink; }
+
+  DeltaEngine engine_;
+};
+
+TEST_F(ShortLivedInstances, ARestartProvenLaterIsDatedBackToItsFirstSighting) {
+  // (K + 1001, K + 2012): disjoint from the old interval, so a new
+  // instance, which started after K + 990 when the poll before the first
+  // one overlapping was asked. What that poll counted (10) is not added
+  // again: the old instance counted 30, the new one 45.
+  auto result = Poll(kNext, K + 2001, 45);
+  EXPECT_TRUE(result.new_instance);
+  EXPECT_EQ(Pending(), 30 + 45);
+  EXPECT_EQ(engine_.instance().generation, 6);
+  EXPECT_EQ(engine_.instance().start, (StartInterval{K + 1001, K + 2012}));
+}
+
+TEST_F(ShortLivedInstances, ARestartThatCouldBeEarlierErrsLow) {
+  // (K + 500, K + 1511): the new instance may have started before the
+  // 990 ms poll, which would then have been its. Dated back to that poll:
+  // the old instance's last 10 are lost, nothing is counted twice.
+  EXPECT_TRUE(Poll(kNext, K + 1500, 45).new_instance);
+  EXPECT_EQ(Pending(), 30 + 45 - 10);
+}
+
+TEST_F(ShortLivedInstances,
+       SightingsTakenForTheOldOneForMinutesAreNotAddedTwice) {
+  // Polls 10 s apart at phases that keep overlapping the old interval:
+  // (K + 70, K + 1081), then (K + 90, K + 1101); each counts value - last.
+  EXPECT_FALSE(Poll(kNext, kNext + 10'020, 500).new_instance);
+  EXPECT_FALSE(Poll(kNext, kNext + 20'040, 900).new_instance);
+  // Then (K + 150, K + 1161) proves it new. Whether it started before the
+  // 400 ms poll (which then was its) the uptimes cannot tell: dated back
+  // that far, which loses the old instance's last 20, never adds 900 again.
+  EXPECT_TRUE(Poll(kNext, kNext + 30'100, 1000).new_instance);
+  EXPECT_EQ(Pending(), 30 + 1000 - 20);
+}
+
+TEST_F(ShortLivedInstances, ACommitStoresTheIntervalFromBeforeTheCheckpoints) {
+  // A collector that starts from the database compares with the interval
+  // before the oldest open checkpoint (the 400 ms poll): there the next
+  // sighting overlaps and is taken for the same instance (value - last,
+  // erring low), not proven new (which would count 45 whole again).
+  EXPECT_EQ(engine_.Prepare().instance.start,
+            (StartInterval{K - 900, K + 111}));
 }
 
 TEST(DeltaEngineTest, IntervalsSharingOneMillisecondAreOneInstance) {
@@ -586,7 +656,9 @@ class Simulation {
     // The instance the engine's current identity stands for: the one it
     // polled last (none since it started: then it has nothing to commit).
     int instance = engine_instance_;
-    if (instance < 0) ASSERT_TRUE(batch.rows.empty());
+    if (instance < 0) {
+      ASSERT_TRUE(batch.rows.empty());
+    }
     if (Pick(3) == 0) Poll();  // a poll lands while the commit is in flight
     switch (Pick(5)) {
       case 0:

@@ -33,10 +33,14 @@ TEST(SnapshotTest, MergesDirectionsIntoOneEntry) {
             (CounterValues{30, 0}));
   EXPECT_EQ(snapshot.taken_at_ms, kWallNow);
   // Before: (kNow - 30 - 101 s, kNow - 20 + 1 - 100 s); after: (kNow - 10 -
-  // 101 s, kNow + 1 - 100 s). The instance started inside both.
+  // 101 s, kNow + 1 - 100 s). The instance started inside both, and read
+  // its counters between the first request and the last answer.
   EXPECT_EQ(snapshot.instance,
-            (InstanceSighting{
-                "boot-a", true, {kNow - 10 - 101'000, kNow - 19 - 100'000}}));
+            (InstanceSighting{"boot-a",
+                              true,
+                              {kNow - 10 - 101'000, kNow - 19 - 100'000},
+                              kNow - 30,
+                              kNow}));
 }
 
 TEST(SnapshotTest, DropsDuplicatesKeepingTheLargerValue) {
