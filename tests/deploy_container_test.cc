@@ -631,14 +631,67 @@ TEST(Kubernetes, SidecarPodSharesWhatTheHookNeeds) {
   }
   EXPECT_EQ(names, (std::set<std::string>{"sing-box", "boxmeter-collector"}));
 
-  // The config in the ConfigMap is one the collector accepts.
+  // The logins come from secret files mounted into the boxmeter containers
+  // only, named by *_FILE variables; no password is in any environment.
+  std::map<std::string, std::set<std::string>> secret_mounts;
+  for (const auto& volume : pod["volumes"]) {
+    if (volume["secret"]) secret_mounts[volume["name"].as<std::string>()];
+  }
+  EXPECT_EQ(secret_mounts.size(), 2u);
+  for (const YAML::Node& list : {pod["initContainers"], pod["containers"]}) {
+    for (const auto& container : list) {
+      std::string name = container["name"].as<std::string>();
+      for (const auto& mount : container["volumeMounts"]) {
+        auto it = secret_mounts.find(mount["name"].as<std::string>());
+        if (it == secret_mounts.end()) continue;
+        EXPECT_NE(name, "sing-box") << "sing-box mounts no secret";
+        it->second.insert(mount["mountPath"].as<std::string>());
+      }
+      for (const auto& variable : container["env"]) {
+        std::string key = variable["name"].as<std::string>();
+        EXPECT_FALSE(Has(key, "PASSWORD")) << name << ": " << key;
+        EXPECT_FALSE(variable["valueFrom"]) << name << ": " << key;
+        if (key.ends_with("_URL_FILE")) {
+          std::string file = variable["value"].as<std::string>();
+          bool mounted = false;
+          for (const auto& [volume, paths] : secret_mounts) {
+            mounted = mounted || paths.count(file.substr(0, file.rfind('/')));
+          }
+          EXPECT_TRUE(mounted) << name << ": " << key << " " << file;
+        }
+      }
+    }
+  }
+
+  // The config in the ConfigMap is one the collector accepts (with a file
+  // standing in for the mounted secret).
   TempDir dir;
   std::string path = dir.path() + "/boxmeter.yaml";
   std::ofstream(path) << config_map["data"]["boxmeter.yaml"].as<std::string>();
+  std::string url_file = dir.path() + "/url";
+  std::ofstream(url_file) << "postgresql://boxmeter_meter:secret@db/boxmeter\n";
+  ASSERT_EQ(chmod(url_file.c_str(), 0440), 0);
   Config config;
   std::vector<std::string> errors;
-  ASSERT_TRUE(LoadConfig(path, {}, &config, &errors))
+  ASSERT_TRUE(LoadConfig(path, {{"BOXMETER_DATABASE_URL_FILE", url_file}},
+                         &config, &errors))
       << ::testing::PrintToString(errors);
+  EXPECT_EQ(config.database.url,
+            "postgresql://boxmeter_meter:secret@db/boxmeter");
+  // Without the stand-in, the file is the collector's mounted secret.
+  YAML::Node yaml =
+      YAML::Load(config_map["data"]["boxmeter.yaml"].as<std::string>());
+  std::string own = yaml["database"]["url_file"].as<std::string>();
+  bool mounted = false;
+  for (const auto& container : pod["containers"]) {
+    if (container["name"].as<std::string>() != "boxmeter-collector") continue;
+    for (const auto& mount : container["volumeMounts"]) {
+      mounted = mounted ||
+                (secret_mounts.count(mount["name"].as<std::string>()) &&
+                 own.starts_with(mount["mountPath"].as<std::string>() + "/"));
+    }
+  }
+  EXPECT_TRUE(mounted) << own;
   EXPECT_TRUE(config.source.address.starts_with("127.0.0.1:"));
   EXPECT_EQ(config.hooks.on_users_changed, "boxmeter-regenerate");
   // Its template is the repository's base template.

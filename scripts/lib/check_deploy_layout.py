@@ -167,6 +167,7 @@ config_map = next(d for d in k8s if d["kind"] == "ConfigMap")
 pod = deployment["spec"]["template"]["spec"]
 check(not pod.get("shareProcessNamespace"), "pod: no shared PID namespace")
 pod_volumes = {v["name"] for v in pod["volumes"]}
+secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
 for c in pod.get("initContainers", []) + pod["containers"]:
     img = sing_box if "sing-box" in c["image"] else boxmeter
     ctx = c.get("securityContext") or {}
@@ -184,12 +185,22 @@ for c in pod.get("initContainers", []) + pod["containers"]:
             mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
             check(os.path.dirname(e["value"]) in mounts,
                   f"{c['name']}: the health file's directory is a volume")
-        if "DATABASE_URL" in e["name"]:
+        check("PASSWORD" not in e["name"] and "valueFrom" not in e,
+              f"{c['name']}: {e['name']} is no secret")
+        if e["name"].endswith("DATABASE_URL_FILE"):
+            secret_mounts = [m["mountPath"] for m in c.get("volumeMounts", [])
+                             if m["name"] in secret_volumes]
+            check(os.path.dirname(e["value"]) in secret_mounts,
+                  f"{c['name']}: {e['name']} is in a mounted secret")
+        elif "DATABASE_URL" in e["name"]:
             user = re.match(r"postgresql://(\w+)@", e["value"]).group(1)
             check(user not in superusers, f"{c['name']}: {e['name']} no superuser")
     if img is sing_box:
         check(not any("secret" in str(e) for e in c.get("env", [])) and
-              not c.get("envFrom"), f"{c['name']}: no secret")
+              not c.get("envFrom") and
+              not any(m["name"] in secret_volumes
+                      for m in c.get("volumeMounts", [])),
+              f"{c['name']}: no secret")
         for p in c.get("ports", []):
             check(f"{p['containerPort']}:{p['containerPort']}/"
                   f"{p['protocol'].lower()}" in ports,
