@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ const std::vector<FlagSpec> kFlags = ProgramFlags({
      "poll and commit once, then exit (non-zero when that failed)"},
     {"check-config", false, "validate the config file and exit"},
     {"migrate", false, "apply the database schema and exit"},
+    {"grant-node", true,
+     "with --migrate: then let the collector login ROLE write this config's "
+     "node (grant_node; run as the schema's owner)",
+     "ROLE"},
     {"flush", false,
      "ask the running collector of this config's node to poll and commit "
      "now; exit 0 once that commit is in the database (run it right before "
@@ -89,14 +94,20 @@ int Flush(const Config& config) {
   return 0;
 }
 
-int Migrate(Store& store) {
+// --migrate [--grant-node ROLE].
+int Migrate(PgStore& store, const std::string& node,
+            const std::optional<std::string>& grant_to) {
   Status status = store.Connect();
   if (status.ok()) status = store.Migrate();
+  if (status.ok()) LogInfo("the database schema is up to date");
+  if (status.ok() && grant_to) {
+    status = store.GrantNode(*grant_to);
+    if (status.ok()) LogInfo("node {}: login {} may write it", node, *grant_to);
+  }
   if (!status.ok()) {
     LogError("{}", status.message());
     return EX_UNAVAILABLE;
   }
-  LogInfo("the database schema is up to date");
   return 0;
 }
 
@@ -144,6 +155,13 @@ int Main(int argc, char** argv) {
     return *done;
   }
 
+  if (cli.Has("grant-node") && !cli.Has("migrate")) {
+    std::fprintf(stderr,
+                 "boxmeter-collector: --grant-node %s works only with "
+                 "--migrate (run as the schema's owner); add --migrate\n",
+                 cli.Value("grant-node")->c_str());
+    return EX_USAGE;
+  }
   Config config;
   if (!LoadConfigOrReport(program, cli,
                           "fix them and run again (--check-config checks "
@@ -170,7 +188,7 @@ int Main(int argc, char** argv) {
   PgStore store(config.database.url, config.node, NewLeaseHolder());
   if (cli.Has("migrate")) {
     BlockStopSignals(false);
-    return Migrate(store);
+    return Migrate(store, config.node, cli.Value("grant-node"));
   }
 
   LogInfo("node {}: writer lease holder \"{}\"", config.node,

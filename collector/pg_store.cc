@@ -406,6 +406,20 @@ Status PgStore::Migrate() {
   }
 }
 
+Status PgStore::GrantNode(const std::string& role) {
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::work tx(connection_->pq);
+    tx.exec_params("SELECT grant_node($1, $2)", node_, role);
+    tx.commit();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    // grant_node's own messages say what to do (no such role, not a member
+    // of boxmeter_collector); Failed scrubs them like every other.
+    return Failed("granting node " + node_ + " to " + role, e);
+  }
+}
+
 Status PgStore::LoadNode(NodeState* out) {
   if (Status status = Connect(); !status.ok()) return status;
   try {

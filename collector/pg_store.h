@@ -64,6 +64,10 @@ class PgStore : public Store {
 
   Status Connect() override;
   Status Migrate() override;
+  // Grants this store's node to the login `role` (schema/0008_hardening.sql's
+  // grant_node: that login may then write the node's rows). Run as the
+  // schema's owner, after Migrate.
+  Status GrantNode(const std::string& role);
   Status LoadNode(NodeState* out) override;
   Status TakeLease(std::chrono::milliseconds ttl, LeaseState* out) override;
   Status ReleaseLease(int64_t token) override;

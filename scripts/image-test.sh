@@ -27,6 +27,13 @@
 # Dockerfile's guard for them stays: the build clones a tag and fails unless
 # it is the pinned commit (SING_BOX_COMMIT).
 #
+#   scripts/image-test.sh                   the build stage compiles boxmeter
+#   scripts/image-test.sh --prebuilt BUILD  it takes BUILD's binaries instead
+#                                           (installed with --prefix /usr):
+#                                           what CI does, having just built
+#                                           and tested them (the Dockerfile's
+#                                           BOXMETER_PREBUILT)
+#
 # Cached between runs on this machine: the Debian 12 tree (debootstrap, under
 # /var/cache/boxmeter-ci), the base images made from it (debian:12 and
 # debian:12-slim in buildah's storage) and buildah's layer cache (the
@@ -45,6 +52,20 @@ fail() {
   exit 1
 }
 
+prebuilt_build=
+case "${1:-}" in
+  "") ;;
+  --prebuilt)
+    prebuilt_build=${2:?"image-test: --prebuilt needs a build directory, e.g. --prebuilt build"}
+    [ -f "$prebuilt_build/CMakeCache.txt" ] ||
+      fail "--prebuilt $prebuilt_build: no CMakeCache.txt there; give a directory scripts/build.sh built (BUILD_DIR)"
+    ;;
+  *)
+    echo "usage: $0 [--prebuilt BUILD_DIR] (got \"$*\")" >&2
+    exit 64
+    ;;
+esac
+
 if [ "$(id -u)" -ne 0 ]; then
   echo "image-test: SKIPPED: needs root (buildah --isolation chroot)"
   exit 0
@@ -60,6 +81,7 @@ boxmeter_image=localhost/boxmeter-ci:$tag
 sing_box_image=localhost/boxmeter-ci-sing-box-runtime:$tag
 work=$(mktemp -d /tmp/boxmeter-image-test-XXXXXX)
 chmod 0755 "$work"
+prebuilt_dir=  # the staged install of --prebuilt, inside the build context
 containers=()
 pids=()        # processes started here (buildah run, v2ray, the HTTP server)
 inner_pids=()  # the processes buildah run started (pid files), ended first
@@ -83,6 +105,7 @@ cleanup() {
     done
   fi
   rm -rf "$work"
+  [ -n "$prebuilt_dir" ] && rm -rf "$repo/$prebuilt_dir"
   echo "image-test: removed this run's containers, image tags, processes and files"
   exit "$status"
 }
@@ -108,12 +131,26 @@ else
 fi
 
 # --- build ----------------------------------------------------------------------
+build_args=()
+if [ -n "$prebuilt_build" ]; then
+  prebuilt_dir=.image-test-prebuilt-$tag
+  step "install $prebuilt_build's binaries (--prefix /usr) for the build stage"
+  DESTDIR="$repo/$prebuilt_dir" cmake --install "$prebuilt_build" --prefix /usr \
+    --strip >"$work/install-prebuilt.log" 2>&1 ||
+    fail "cmake --install $prebuilt_build (its log: $work/install-prebuilt.log)"
+  build_args=(--build-arg "BOXMETER_PREBUILT=$prebuilt_dir")
+fi
 build() {
   buildah bud --isolation chroot --network host --pull=never --layers \
-    -f deploy/docker/Dockerfile --target "$1" -t "$2" . >"$work/build-$1.log" 2>&1 ||
+    "${build_args[@]}" -f deploy/docker/Dockerfile --target "$1" -t "$2" . \
+    >"$work/build-$1.log" 2>&1 ||
     fail "buildah bud --target $1 (its log: $work/build-$1.log)"
 }
-step "build the Dockerfile's boxmeter target (the build stage compiles boxmeter)"
+if [ -n "$prebuilt_build" ]; then
+  step "build the Dockerfile's boxmeter target (its build stage takes $prebuilt_build's binaries)"
+else
+  step "build the Dockerfile's boxmeter target (the build stage compiles boxmeter)"
+fi
 build boxmeter "$boxmeter_image"
 step "build the Dockerfile's sing-box-runtime target (the sing-box image without sing-box)"
 build sing-box-runtime "$sing_box_image"
@@ -176,9 +213,14 @@ run_boxmeter() {
     "${boxmeter_mounts[@]}" "$bm" -- "$@"
 }
 
-step "compose's migrate service: boxmeter-collector --migrate as boxmeter_owner"
+step "compose's migrate service: its command as boxmeter_owner"
+mapfile -t migrate_command < <(python3 -c '
+import sys, yaml
+print("\n".join(yaml.safe_load(open(sys.argv[1]))["services"]["migrate"]["command"]))' \
+  deploy/docker/compose.yaml)
 run_boxmeter "BOXMETER_DATABASE_URL=$(url boxmeter_owner)" PGPASSFILE=/run/secrets/owner.pgpass -- \
-  /usr/bin/boxmeter-collector --migrate >"$work/migrate.log" 2>&1 || fail "--migrate as the owner"
+  /usr/bin/boxmeter-collector "${migrate_command[@]}" >"$work/migrate.log" 2>&1 ||
+  fail "boxmeter-collector ${migrate_command[*]} as the owner"
 sql -c "INSERT INTO inbounds (node, tag, type, listen_port) VALUES ('edge-1', 'socks-in', 'vless', 443);
         SELECT add_user('alice', uuid => '11111111-2222-3333-4444-555555555555');
         SELECT link_user('alice', 'edge-1', 'socks-in');" >/dev/null

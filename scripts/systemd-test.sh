@@ -141,10 +141,11 @@ install -m 0644 deploy/sing-box.base.json "$root/etc/boxmeter/sing-box.base.json
 install -o root -g root -m 0600 "$secrets/collector.pgpass" "$root/etc/boxmeter/pgpass"
 install -o root -g root -m 0600 "$secrets/generator.pgpass" "$root/etc/boxmeter/gen-pgpass"
 
-step "migrate as the owner login; one inbound and alice in the database"
+step "migrate as the owner login, granting the node to the collector's; one inbound and alice in the database"
 BOXMETER_DATABASE_URL=$(url boxmeter_owner) PGPASSFILE="$secrets/owner.pgpass" \
   "$build_dir/collector/boxmeter-collector" --config "$root/etc/boxmeter/boxmeter.yaml" \
-  --migrate >"$work/migrate.log" 2>&1 || { cat "$work/migrate.log" >&2; fail "--migrate"; }
+  --migrate --grant-node boxmeter_meter >"$work/migrate.log" 2>&1 ||
+  { cat "$work/migrate.log" >&2; fail "--migrate --grant-node boxmeter_meter"; }
 sql -c "INSERT INTO inbounds (node, tag, type, listen_port) VALUES ('edge-1', 'socks-in', 'vless', 443);
         SELECT add_user('alice', uuid => '11111111-2222-3333-4444-555555555555');
         SELECT link_user('alice', 'edge-1', 'socks-in');" >/dev/null

@@ -382,6 +382,27 @@ TEST(SqlOwnerTest, TheDatabaseOwnerMigratesWithoutBeingSuperuser) {
                          "(SELECT tableowner FROM pg_tables "
                          " WHERE tablename = 'users')"),
             "t|f|owner2");
+
+  // --migrate --grant-node ROLE: the owner lets a collector login write the
+  // config's node; a login that is not a collector is refused by name.
+  server.Query("postgres",
+               "CREATE ROLE meter LOGIN IN ROLE boxmeter_collector; "
+               "CREATE ROLE stranger LOGIN");
+  Status granted =
+      PgStore(url("owner2", "owned2"), "edge-9").GrantNode("meter");
+  ASSERT_TRUE(granted.ok()) << granted.message();
+  EXPECT_EQ(server.Query("owned2",
+                         "SELECT node || ' ' || role_name FROM node_grants"),
+            "edge-9 meter");
+  Status stranger =
+      PgStore(url("owner2", "owned2"), "edge-9").GrantNode("stranger");
+  ASSERT_FALSE(stranger.ok());
+  EXPECT_NE(stranger.message().find("granting node edge-9 to stranger"),
+            std::string::npos)
+      << stranger.message();
+  EXPECT_NE(stranger.message().find("not a member of boxmeter_collector"),
+            std::string::npos)
+      << stranger.message();
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Run once by the postgres image on a new data directory
 # (/docker-entrypoint-initdb.d), as its superuser, for
-# deploy/docker/compose.yaml: boxmeter's group roles (schema/0004_roles.sql)
+# deploy/docker/compose.yaml: boxmeter's group roles (schema/0004_roles.sql,
+# 0008_hardening.sql)
 # and three logins, none a superuser and none with CREATEROLE:
 #   boxmeter_owner  owns the database and its public schema: runs --migrate
 #   boxmeter_meter  IN ROLE boxmeter_collector: the collector
@@ -30,6 +31,7 @@ psql -v ON_ERROR_STOP=1 -X -q --username "${POSTGRES_USER:-postgres}" \
 CREATE ROLE boxmeter_collector NOLOGIN;
 CREATE ROLE boxmeter_generator NOLOGIN;
 CREATE ROLE boxmeter_readonly NOLOGIN;
+CREATE ROLE boxmeter_operator NOLOGIN;
 CREATE ROLE boxmeter_owner LOGIN PASSWORD :'owner';
 CREATE ROLE boxmeter_meter LOGIN PASSWORD :'meter' IN ROLE boxmeter_collector;
 CREATE ROLE boxmeter_gen LOGIN PASSWORD :'gen' IN ROLE boxmeter_generator;
