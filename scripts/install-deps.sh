@@ -6,7 +6,12 @@
 #   scripts/install-deps.sh build    compilers and -dev libraries
 #   scripts/install-deps.sh test     build + the real peers the tests start
 #   scripts/install-deps.sh runtime  the shared libraries the binaries need
+#   scripts/install-deps.sh demo     build + what scripts/demo.sh starts
 #   scripts/install-deps.sh WHAT --print   only prints WHAT's packages
+#
+# Installs only what is missing: when every package is installed already it
+# says so and neither updates apt's lists nor calls apt-get. apt's own output
+# goes to a log file, shown only when apt fails.
 set -euo pipefail
 
 what=${1:-test}
@@ -42,13 +47,15 @@ test_packages=(
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libpqxx-6.4 libyaml-cpp0.7 libfmt9 libsystemd0
 )
+demo_packages=(postgresql-15 v2ray curl procps)
 
 case "$what" in
   build) packages=("${build_packages[@]}") ;;
   test) packages=("${build_packages[@]}" "${test_packages[@]}") ;;
   runtime) packages=("${runtime_packages[@]}") ;;
+  demo) packages=("${build_packages[@]}" "${demo_packages[@]}") ;;
   *)
-    echo "usage: $0 build|test|runtime (got \"$what\")" >&2
+    echo "usage: $0 build|test|runtime|demo (got \"$what\")" >&2
     exit 64
     ;;
 esac
@@ -61,6 +68,23 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh: run as root (it calls apt-get)" >&2
   exit 77
 fi
+
+missing=()
+for package in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$package" 2>/dev/null || true)
+  [[ $status == ii* ]] || missing+=("$package")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-deps.sh: the ${#packages[@]} packages for $what are installed"
+  exit 0
+fi
+log=$(mktemp /tmp/boxmeter-install-deps.XXXXXX.log)
+echo "install-deps.sh: installing ${#missing[@]} of the ${#packages[@]} packages for $what from Debian's archive (apt's output: $log): ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${packages[@]}"
+if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+  echo "install-deps.sh: apt-get failed; the end of $log:" >&2
+  tail -25 "$log" >&2
+  exit 1
+fi
+echo "install-deps.sh: installed ${missing[*]}"
+rm -f "$log"
