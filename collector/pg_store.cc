@@ -340,15 +340,18 @@ Status PgStore::Connect() {
 Status PgStore::Migrate() {
   if (Status status = Connect(); !status.ok()) return status;
   std::string current = "taking the migration lock";
+  // Every step is one transaction that first takes the migration lock with
+  // pg_advisory_xact_lock: it ends with the transaction, so nothing
+  // outlives one, and migrating works through a transaction-pooling pooler
+  // (a session lock would stay on whichever server session took it).
+  const std::string lock =
+      "SELECT pg_advisory_xact_lock(" + std::to_string(kMigrationLockKey) + ")";
   try {
     pqxx::connection& pq = connection_->pq;
     std::set<std::string, std::less<>> applied;
     {
-      pqxx::nontransaction tx(pq);
-      // A session lock: held across the transactions below, and released by
-      // the server if this connection dies.
-      tx.exec("SELECT pg_advisory_lock(" + std::to_string(kMigrationLockKey) +
-              ")");
+      pqxx::work tx(pq);
+      tx.exec(lock);
       current = "creating schema_migrations";
       // Only when missing: even CREATE TABLE IF NOT EXISTS needs the right
       // to create in the schema, which a collector connected as
@@ -364,6 +367,7 @@ Status PgStore::Migrate() {
            tx.exec("SELECT name FROM schema_migrations")) {
         applied.insert(row[0].as<std::string>());
       }
+      tx.commit();
     }
     std::set<std::string_view> known;
     for (const Migration& migration : EmbeddedMigrations()) {
@@ -371,6 +375,14 @@ Status PgStore::Migrate() {
       if (applied.count(migration.name) > 0) continue;
       current = "applying migration " + std::string(migration.name);
       pqxx::work tx(pq);
+      tx.exec(lock);
+      // Another collector may have applied it since the list was read.
+      if (!tx.exec_params("SELECT 1 FROM schema_migrations WHERE name = $1",
+                          std::string(migration.name))
+               .empty()) {
+        tx.commit();
+        continue;
+      }
       tx.exec(std::string(migration.sql));
       // Each file records itself too (so it applies with plain psql);
       // this covers one that does not.
@@ -389,10 +401,6 @@ Status PgStore::Migrate() {
             redacted_url_, name);
       }
     }
-    current = "releasing the migration lock";
-    pqxx::nontransaction tx(pq);
-    tx.exec("SELECT pg_advisory_unlock(" + std::to_string(kMigrationLockKey) +
-            ")");
     return Status::Ok();
   } catch (const pqxx::insufficient_privilege& e) {
     return Status::Error(
@@ -401,7 +409,6 @@ Status PgStore::Migrate() {
         "--migrate` connected as the schema's owner (or a superuser), then "
         "start the collector as its usual role");
   } catch (const std::exception& e) {
-    // Dropping the connection also releases the lock.
     return Failed(current, e);
   }
 }
@@ -662,21 +669,6 @@ Status PgStore::PruneHistory(std::chrono::hours retention,
   auto deadline = std::chrono::steady_clock::now() + budget;
   try {
     pqxx::connection& pq = connection_->pq;
-    {
-      pqxx::nontransaction tx(pq);
-      if (!tx.exec("SELECT pg_try_advisory_lock(" +
-                   std::to_string(PgStore::kPruneLockKey) + ")")[0][0]
-               .as<bool>()) {
-        return Status::Ok();  // another collector is at it
-      }
-    }
-    // A session lock: released here, or by the server if the connection
-    // dies (Failed drops it).
-    auto unlock = [&pq] {
-      pqxx::nontransaction tx(pq);
-      tx.exec("SELECT pg_advisory_unlock(" +
-              std::to_string(PgStore::kPruneLockKey) + ")");
-    };
     int64_t from = 0, cutoff = 0;
     {
       // The cutoff is fixed once, so the loop ends even under new traffic.
@@ -687,15 +679,20 @@ Status PgStore::PruneHistory(std::chrono::hours retention,
           "FROM counter_hourly",
           static_cast<int64_t>(retention.count()));
       tx.commit();
-      if (row[0].is_null()) {
-        unlock();
-        return Status::Ok();  // no history at all
-      }
+      if (row[0].is_null()) return Status::Ok();  // no history at all
       from = row[0].as<int64_t>();
       cutoff = row[1].as<int64_t>();
     }
     while (from < cutoff) {
       pqxx::work tx(pq);
+      // One collector at a time, per batch: the lock ends with the batch's
+      // transaction, so nothing outlives one and pruning works through a
+      // transaction-pooling pooler. Taken: another collector is at it.
+      if (!tx.exec("SELECT pg_try_advisory_xact_lock(" +
+                   std::to_string(PgStore::kPruneLockKey) + ")")[0][0]
+               .as<bool>()) {
+        break;
+      }
       pqxx::row row =
           tx.exec_params1(kPruneBatch, from, cutoff, kPruneBatchRows);
       tx.commit();
@@ -707,7 +704,6 @@ Status PgStore::PruneHistory(std::chrono::hours retention,
         break;
       }
     }
-    unlock();
     return Status::Ok();
   } catch (const std::exception& e) {
     return Failed(what, e);

@@ -77,14 +77,16 @@ class PgStore : public Store {
 
   // Deletes, in batches of kPruneBatchRows, the hourly rows whose hour
   // started before now() - retention, oldest first. One collector of a
-  // database prunes at a time (an advisory lock; the others return at once
-  // with nothing deleted). Each batch walks counter_hourly's index on hour
-  // from where the previous one stopped.
+  // database prunes at a time (each batch takes an advisory lock for its
+  // transaction; a collector that finds it taken returns at once, leaving
+  // the rest to the other). Each batch walks counter_hourly's index on hour
+  // from where the previous one stopped. Holds no session state, so it
+  // works through a transaction-pooling pooler, as Migrate does.
   Status PruneHistory(std::chrono::hours retention,
                       std::chrono::milliseconds budget,
                       PruneResult* out) override;
   static constexpr int64_t kPruneBatchRows = 10'000;
-  // The advisory lock (pg_try_advisory_lock) the pruning collector holds.
+  // The advisory lock each pruning batch takes (pg_try_advisory_xact_lock).
   static constexpr int64_t kPruneLockKey = 7093020349380715891;
 
   // The URL with any password replaced, as used in messages.

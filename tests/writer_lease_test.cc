@@ -341,8 +341,7 @@ TEST_F(WriterLeaseTest, TakeLeaseRegistersANewNode) {
 // Through a transaction-pooling pooler, two collectors' stores share one
 // server session: the lease, the commit and every read must hold no session
 // state (no session lock, no SET, no prepared statement) between
-// transactions. Migrate is not among them: it holds a session advisory lock,
-// so migrations run connected to the server itself.
+// transactions.
 TEST_F(WriterLeaseTest, WorksThroughPgBouncerInTransactionPoolingMode) {
   if (testing::PgBouncer::Binary().empty()) {
     GTEST_SKIP() << "pgbouncer is not installed (apt-get install pgbouncer, "
@@ -387,6 +386,34 @@ TEST_F(WriterLeaseTest, WorksThroughPgBouncerInTransactionPoolingMode) {
       second.Commit(Batch(state.commit_seq, taken.token, 5, 30));
   ASSERT_EQ(next.outcome, CommitOutcome::kApplied) << next.status.message();
   EXPECT_EQ(Written(), "4|35|35|35");
+}
+
+// Migrations and the retention's pruning through the pooler too, with two
+// server sessions for three stores: they lock only for a transaction. A
+// session lock left on whichever server session took it (as before) would
+// make a later migration wait for ever; lock_timeout turns that into an
+// error.
+TEST_F(WriterLeaseTest, MigrateAndPruneWorkThroughPgBouncer) {
+  if (testing::PgBouncer::Binary().empty()) {
+    GTEST_SKIP() << "pgbouncer is not installed (apt-get install pgbouncer, "
+                    "as scripts/install-deps.sh test does)";
+  }
+  testing::PgBouncer bouncer(server().port(), /*server_connections=*/2);
+  server().CreateDatabase("pooled");
+  server().Query("postgres", "ALTER DATABASE pooled SET lock_timeout = '20s'");
+  for (const std::string node : {"a", "b", "c"}) {
+    PgStore store(bouncer.Url("pooled"), node);
+    Status migrated = store.Migrate();
+    ASSERT_TRUE(migrated.ok()) << node << ": " << migrated.message() << "\n"
+                               << bouncer.Log();
+    PruneResult pruned;
+    Status status = store.PruneHistory(std::chrono::hours(24),
+                                       std::chrono::seconds(10), &pruned);
+    ASSERT_TRUE(status.ok()) << node << ": " << status.message();
+  }
+  EXPECT_EQ(
+      server().Query("pooled", "SELECT count(*) > 7 FROM schema_migrations"),
+      "t");
 }
 
 }  // namespace
