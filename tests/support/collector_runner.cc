@@ -62,7 +62,8 @@ CollectorRunner::CollectorRunner(std::string binary, Settings settings)
                                    ? dir_->path() + "/collector.sock"
                                    : settings.control_socket;
   out << "control:\n"
-      << "  socket: " << Quoted(control_socket) << "\n";
+      << "  socket: " << Quoted(control_socket) << "\n"
+      << settings.more_yaml;
   if (!out.flush()) {
     throw std::runtime_error("CollectorRunner: cannot write " + config_path_);
   }

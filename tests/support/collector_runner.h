@@ -32,6 +32,9 @@ class CollectorRunner {
     // directory (the collector's default, /run/boxmeter/collector.sock, is no
     // place for a test or the demo, and two runners must not share one).
     std::string control_socket = "";
+    // Appended to the config file as it is: more sections (generator:,
+    // hooks:, ...).
+    std::string more_yaml = "";
   };
 
   // Writes the config file into a TempDir; starts nothing. `binary` is the

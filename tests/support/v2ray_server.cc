@@ -168,6 +168,19 @@ void V2RayServer::Restart() {
   Start();
 }
 
+void V2RayServer::Reload(Options options) {
+  if (options.inbounds.size() != options_.inbounds.size()) {
+    throw std::invalid_argument(
+        "V2RayServer::Reload: " + std::to_string(options.inbounds.size()) +
+        " inbounds instead of " + std::to_string(options_.inbounds.size()) +
+        "; reload with as many (their ports are kept by index)");
+  }
+  Stop();
+  options_ = std::move(options);
+  WriteConfig();
+  Start();
+}
+
 bool V2RayServer::running() { return process_ && process_->Running(); }
 
 std::string V2RayServer::ApiAddress() const {

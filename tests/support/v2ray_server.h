@@ -61,6 +61,10 @@ class V2RayServer {
   void Kill();
   // Stop, then Start on the same ports: every counter starts again at 0.
   void Restart();
+  // Restart with `options` (a reload, as sing-box's SIGHUP is one): the same
+  // API port, and each inbound the port of the inbound at its index.
+  // Throws std::invalid_argument unless the number of inbounds is the same.
+  void Reload(Options options);
   bool running();
 
   // "127.0.0.1:PORT" of the stats API, for source.address.
