@@ -453,11 +453,16 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
       LogWarn("skipped {} counters with negative values", snapshot.negative);
     }
     ObserveResult observed = engine_.Observe(snapshot);
-    if (observed.restarted > 0) {
+    if (observed.new_instance) {
       LogInfo(
-          "{} counters started again from zero: sing-box restarted or "
-          "reloaded its config; counting on from the new values",
+          "sing-box restarted or reloaded its config: {} counters started "
+          "again from zero; counting on from the new values",
           observed.restarted);
+    } else if (observed.restarted > 0) {
+      // Counters the new instance created only now (first traffic since the
+      // restart): already announced with the restart.
+      LogDebug("{} more counters seen for the first time since the restart",
+               observed.restarted);
     }
     last_poll_result_ = fmt::format("last poll: {} counters, {} changed",
                                     snapshot.counters.size(), observed.changed);
