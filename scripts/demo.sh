@@ -5,6 +5,8 @@
 # and boxmeter-collector between them; prints the user_traffic view next to
 # v2ray-core's own counters, checked to the byte. Says what it does at each
 # step and how long the whole run took; a second run skips what is done.
+# --keep (passed to boxmeter-demo): leave PostgreSQL and v2ray-core running
+# at the end, with commands to try against them, until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -41,6 +43,6 @@ NINJA_STATUS='[%f/%t] ' ninja -C "$build_dir" boxmeter-demo 2>&1 |
     END { if (!shown) print "    the build is current" }'
 say "ready after $((SECONDS - started)) s; running boxmeter-demo"
 status=0
-"$build_dir/tests/boxmeter-demo" || status=$?
+"$build_dir/tests/boxmeter-demo" "$@" || status=$?
 say "the whole run took $((SECONDS - started)) s"
 exit "$status"

@@ -4,8 +4,10 @@
 // boxmeter-gen's config, the collector's totals, a user over quota left out
 // by the collector's hook and refused after the reload, and the totals next
 // to what v2ray-core counted over both of its lives, compared to the byte.
-// Everything it starts is stopped and removed at the end.
+// Everything it starts is stopped and removed at the end (with --keep, at
+// Ctrl-C, leaving PostgreSQL and v2ray-core to try boxmeter-gen against).
 #include <fmt/core.h>
+#include <pthread.h>
 
 #include <csignal>
 #include <cstdio>
@@ -86,8 +88,7 @@ int Verdict(std::optional<int> exit_code, const CounterMap& counted,
   }
   if (!exited_zero || !difference.empty()) return 1;
   Say("byte for byte the same (users, inbounds and outbounds, compared "
-      "after the collector stopped). Everything started here is now stopped "
-      "and removed.");
+      "after the collector stopped)");
   return 0;
 }
 
@@ -153,7 +154,35 @@ int Fail(const std::string& what, CollectorRunner* collector) {
   return 1;
 }
 
-int Main() {
+sigset_t StopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+
+// --keep: leaves PostgreSQL and v2ray-core running, with the commands to
+// try against them, until Ctrl-C (or SIGTERM); then removes everything.
+void KeepUntilInterrupted(PgServer& pg, const std::string& config_path,
+                          const std::string& gen_config_path) {
+  sigset_t stop = StopSignals();
+  std::printf(
+      "\n==> kept running (--keep): PostgreSQL and v2ray-core. Try, from the "
+      "checkout, in another terminal:\n"
+      "    psql '%s' -c 'SELECT * FROM user_quota_status'\n"
+      "    psql '%s' -c \"SELECT set_quota('alice', NULL)\"\n"
+      "    %s --config %s --stdout     # sing-box's config, now\n"
+      "    %s --config %s --once       # one poll and commit\n"
+      "Ctrl-C here stops them and removes everything.\n",
+      pg.Url("boxmeter").c_str(), pg.Url("boxmeter").c_str(), BOXMETER_GEN_BIN,
+      gen_config_path.c_str(), BOXMETER_COLLECTOR_BIN, config_path.c_str());
+  std::fflush(stdout);
+  int signal = 0;
+  sigwait(&stop, &signal);
+}
+
+int Main(bool keep) {
   Say("starting a throwaway PostgreSQL 15");
   PgServer pg;
   std::string db_url = pg.CreateDatabase("boxmeter");
@@ -290,15 +319,39 @@ int Main() {
                 static_cast<long long>(traffic.first + traffic.second));
   }
   std::printf("\n");
-  return Verdict(exit_code, counted, TrafficInDatabase(pg, "boxmeter", "demo"));
+  int verdict =
+      Verdict(exit_code, counted, TrafficInDatabase(pg, "boxmeter", "demo"));
+  if (keep) {
+    KeepUntilInterrupted(pg, collector.config_path(), collector.config_path());
+  }
+  return verdict;
 }
 
 }  // namespace
 }  // namespace boxmeter::testing
 
-int main() {
+int main(int argc, char** argv) {
+  std::string arg = argc > 1 ? argv[1] : "";
+  if (argc > 2 || (argc == 2 && arg != "--keep")) {
+    std::fprintf(stderr,
+                 "usage: boxmeter-demo [--keep]\n"
+                 "  --keep  leave PostgreSQL and v2ray-core running at the "
+                 "end, with commands to try, until Ctrl-C\n");
+    return 64;
+  }
+  bool keep = arg == "--keep";
+  if (keep) {
+    // Blocked before any thread starts, so that every thread leaves them to
+    // the sigwait at the end (which then removes everything).
+    sigset_t stop = boxmeter::testing::StopSignals();
+    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  }
   try {
-    return boxmeter::testing::Main();
+    int status = boxmeter::testing::Main(keep);
+    // Main's servers and directories are gone once it has returned.
+    boxmeter::testing::Say(
+        "everything the demo started is stopped and removed");
+    return status;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "boxmeter-demo: %s\n", e.what());
     return 1;
