@@ -7,6 +7,10 @@
 #   scripts/test.sh -L integration   only the integration tests (ctest args)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/build.sh
 build_dir=${BUILD_DIR:-build}
+echo "==> building into $build_dir/ (scripts/build.sh: cmake, ninja)"
+scripts/build.sh
+echo "==> running the tests: ctest --test-dir $build_dir -j2 $* (the two" \
+  "chaos runs, labelled chaos, take 2 to 3 minutes each and print their" \
+  "events when they fail; scripts/chaos.sh shows them as they happen)"
 ctest --test-dir "$build_dir" --output-on-failure -j2 "$@"
