@@ -63,6 +63,12 @@ CollectorRunner::CollectorRunner(std::string binary, Settings settings)
                                    : settings.control_socket;
   out << "control:\n"
       << "  socket: " << Quoted(control_socket) << "\n";
+  if (!settings.metrics_listen.empty()) {
+    out << "metrics:\n"
+        << "  listen: " << Quoted(settings.metrics_listen) << "\n"
+        << "  per_user: " << (settings.metrics_per_user ? "true" : "false")
+        << "\n";
+  }
   if (!out.flush()) {
     throw std::runtime_error("CollectorRunner: cannot write " + config_path_);
   }
