@@ -18,6 +18,11 @@ int64_t SaturatingAdd(int64_t a, int64_t b) {
 
 double Seconds(int64_t ms) { return static_cast<double>(ms) / 1000.0; }
 
+void AddSaturating(CounterValues& total, const CounterValues& delta) {
+  total.uplink = SaturatingAdd(total.uplink, delta.uplink);
+  total.downlink = SaturatingAdd(total.downlink, delta.downlink);
+}
+
 }  // namespace
 
 CollectorMetrics::CollectorMetrics(Options options)
@@ -29,23 +34,20 @@ bool CollectorMetrics::Exposed(const CounterKey& key) const {
 }
 
 void CollectorMetrics::SetTotals(std::span<const CounterTotal> totals) {
-  std::map<CounterKey, CounterValues> traffic;
+  Traffic traffic;
   for (const CounterTotal& total : totals) {
     if (Exposed(total.key)) traffic[total.key] = total.total;
   }
   std::lock_guard lock(mu_);
-  traffic_ = std::move(traffic);
-  traffic_dirty_ = true;
+  loaded_ = std::move(traffic);
+  added_.clear();  // already in what was loaded
 }
 
 void CollectorMetrics::AddCommitted(std::span<const CommitRow> rows) {
   std::lock_guard lock(mu_);
   for (const CommitRow& row : rows) {
     if (row.delta == CounterValues{} || !Exposed(row.key)) continue;
-    CounterValues& total = traffic_[row.key];
-    total.uplink = SaturatingAdd(total.uplink, row.delta.uplink);
-    total.downlink = SaturatingAdd(total.downlink, row.delta.downlink);
-    traffic_dirty_ = true;
+    AddSaturating(added_[row.key], row.delta);
   }
 }
 
@@ -94,9 +96,24 @@ void CollectorMetrics::SetGauges(const Gauges& gauges) {
 }
 
 std::string CollectorMetrics::Render() {
+  std::lock_guard render_lock(render_mu_);
   std::string out;
-  std::lock_guard lock(mu_);
-  RenderHealth(&out);
+  std::optional<Traffic> loaded;
+  std::unordered_map<CounterKey, CounterValues, CounterKeyHash> added;
+  {
+    std::lock_guard lock(mu_);
+    RenderHealth(&out);  // small: a few dozen lines
+    loaded.swap(loaded_);
+    added.swap(added_);
+  }
+  if (loaded) {
+    traffic_ = std::move(*loaded);
+    traffic_dirty_ = true;
+  }
+  for (const auto& [key, delta] : added) {
+    AddSaturating(traffic_[key], delta);
+    traffic_dirty_ = true;
+  }
   if (traffic_dirty_) RenderTraffic();
   out += traffic_text_;
   return out;
@@ -110,6 +127,18 @@ void CollectorMetrics::RenderHealth(std::string* out) const {
                    int64_t value) {
     w.Family(name, Type::kGauge, help);
     w.Sample(name, only_node, value);
+  };
+  // A histogram family, and a timestamp gauge shown once there is one.
+  auto histogram = [&](std::string_view name, std::string_view help,
+                       const Histogram& histogram) {
+    w.Family(name, Type::kHistogram, help);
+    histogram.Write(w, name, only_node);
+  };
+  auto timestamp = [&](std::string_view name, std::string_view help,
+                       int64_t ms) {
+    if (ms <= 0) return;
+    w.Family(name, Type::kGauge, help);
+    w.Sample(name, only_node, Seconds(ms));
   };
   auto by_outcome =
       [&](std::string_view name, std::string_view help,
@@ -138,17 +167,14 @@ void CollectorMetrics::RenderHealth(std::string* out) const {
   by_outcome("boxmeter_polls_total",
              "Fetches of sing-box's counters, by outcome.",
              {{"success", polls_ok_}, {"failure", polls_failed_}});
-  w.Family("boxmeter_poll_duration_seconds", Type::kHistogram,
-           "How long a fetch of sing-box's counters took, with the "
-           "processing of its answer.");
-  poll_seconds_.Write(w, "boxmeter_poll_duration_seconds", only_node);
-  if (last_poll_ms_ > 0) {
-    w.Family("boxmeter_last_successful_poll_timestamp_seconds", Type::kGauge,
-             "When the last successful fetch of sing-box's counters ended, "
-             "in seconds since the epoch.");
-    w.Sample("boxmeter_last_successful_poll_timestamp_seconds", only_node,
-             Seconds(last_poll_ms_));
-  }
+  histogram("boxmeter_poll_duration_seconds",
+            "How long a fetch of sing-box's counters took, with the "
+            "processing of its answer.",
+            poll_seconds_);
+  timestamp("boxmeter_last_successful_poll_timestamp_seconds",
+            "When the last successful fetch of sing-box's counters ended, "
+            "in seconds since the epoch.",
+            last_poll_ms_);
 
   by_outcome("boxmeter_commits_total",
              "Commits to PostgreSQL, by outcome: applied, not_applied "
@@ -159,16 +185,13 @@ void CollectorMetrics::RenderHealth(std::string* out) const {
               {"not_applied", commits_not_applied_},
               {"unknown", commits_unknown_},
               {"lease_lost", commits_lease_lost_}});
-  w.Family("boxmeter_commit_duration_seconds", Type::kHistogram,
-           "How long a commit to PostgreSQL took, whatever its outcome.");
-  commit_seconds_.Write(w, "boxmeter_commit_duration_seconds", only_node);
-  if (last_commit_ms_ > 0) {
-    w.Family("boxmeter_last_successful_commit_timestamp_seconds", Type::kGauge,
-             "When the last commit that applied ended, in seconds since "
-             "the epoch.");
-    w.Sample("boxmeter_last_successful_commit_timestamp_seconds", only_node,
-             Seconds(last_commit_ms_));
-  }
+  histogram("boxmeter_commit_duration_seconds",
+            "How long a commit to PostgreSQL took, whatever its outcome.",
+            commit_seconds_);
+  timestamp("boxmeter_last_successful_commit_timestamp_seconds",
+            "When the last commit that applied ended, in seconds since "
+            "the epoch.",
+            last_commit_ms_);
 
   gauge("boxmeter_pending_bytes",
         "Traffic counted by sing-box and seen by the collector but not yet "
@@ -190,6 +213,7 @@ void CollectorMetrics::RenderHealth(std::string* out) const {
 
 void CollectorMetrics::RenderTraffic() {
   std::string text;
+  text.reserve(traffic_text_.size());
   MetricsWriter w(&text);
   for (std::string_view name : {kUplink, kDownlink}) {
     bool up = name == kUplink;

@@ -20,15 +20,22 @@
 // and units follow Prometheus' conventions (see Render for the list).
 //
 // Thread-safe: the collector updates it from its loop while the metrics
-// server renders it on its own thread. The traffic section is rendered again
-// only after it changed. Pure otherwise: times are passed in.
+// server renders it on its own thread, and the loop never waits for a
+// render: an update only records what changed (a commit's deltas, merged by
+// counter, or the totals loaded) under a short lock; Render takes that over
+// and does the O(counters) work outside it. The traffic section is rendered
+// again only after it changed (19 MB for 100,000 users: 0.1 to 0.4 s on a
+// busy 2-core machine, on the server's thread; a scrape without changes
+// copies the text). Pure otherwise: times are passed in.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
+#include <unordered_map>
 
 #include "counter_name.h"
 #include "delta_engine.h"
@@ -75,7 +82,7 @@ class CollectorMetrics {
   void UnknownCommitApplied(int64_t now_ms);
   void SetGauges(const Gauges& gauges);
 
-  // The whole exposition, text format 0.0.4.
+  // The whole exposition, text format 0.0.4. One render at a time.
   std::string Render();
 
   // Histogram bounds of both durations, in seconds.
@@ -83,13 +90,23 @@ class CollectorMetrics {
       0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 
  private:
+  using Traffic = std::map<CounterKey, CounterValues>;
+
   void RenderHealth(std::string* out) const;
   void RenderTraffic();
   bool Exposed(const CounterKey& key) const;
 
   const Options options_;
+
+  // What the loop recorded since the last render; guarded by mu_ with the
+  // health state below.
   mutable std::mutex mu_;
-  std::map<CounterKey, CounterValues> traffic_;
+  std::optional<Traffic> loaded_;  // SetTotals: replaces everything
+  std::unordered_map<CounterKey, CounterValues, CounterKeyHash> added_;
+
+  // The render's own: guarded by render_mu_.
+  std::mutex render_mu_;
+  Traffic traffic_;
   std::string traffic_text_;
   bool traffic_dirty_ = true;
 
