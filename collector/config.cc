@@ -746,15 +746,22 @@ class ConfigReader {
       });
       if (!plain) return bad("has characters that cannot be in a host name");
     }
+    if (std::string_view problem = PortProblem(port); !problem.empty()) {
+      return bad(problem);
+    }
+    *out = *text;
+  }
+
+  // What is wrong with the port after an address's host, or "" when it is
+  // a number in 1..65535.
+  static std::string_view PortProblem(std::string_view port) {
     bool digits = !port.empty() && port.size() <= 5 &&
                   std::all_of(port.begin(), port.end(),
                               [](char c) { return c >= '0' && c <= '9'; });
-    if (!digits) return bad("does not end in a port number");
+    if (!digits) return "does not end in a port number";
     int number = std::stoi(std::string(port));
-    if (number < 1 || number > 65535) {
-      return bad("has a port outside 1..65535");
-    }
-    *out = *text;
+    if (number < 1 || number > 65535) return "has a port outside 1..65535";
+    return "";
   }
 
   // metrics.listen: an IP address (IPv6 in brackets) and a port; "" or
@@ -798,12 +805,9 @@ class ConfigReader {
           "does not start with an IP address (host names are not "
           "taken)");
     }
-    bool digits = !port.empty() && port.size() <= 5 &&
-                  std::all_of(port.begin(), port.end(),
-                              [](char c) { return c >= '0' && c <= '9'; });
-    if (!digits) return bad("does not end in a port number");
-    int number = std::stoi(std::string(port));
-    if (number < 1 || number > 65535) return bad("has a port outside 1..65535");
+    if (std::string_view problem = PortProblem(port); !problem.empty()) {
+      return bad(problem);
+    }
     *out = *text;
   }
 

@@ -15,11 +15,6 @@ constexpr auto kReadyTimeout = std::chrono::seconds(30);
 constexpr auto kCallTimeout = std::chrono::seconds(10);
 constexpr int kStartAttempts = 3;  // a "free" port can be taken meanwhile
 
-std::string Tail(const std::string& text, size_t max = 3000) {
-  if (text.size() <= max) return text;
-  return "..." + text.substr(text.size() - max);
-}
-
 // Runs curl with `args`; the body, or throws with curl's output.
 std::string Curl(const std::vector<std::string>& args,
                  std::chrono::milliseconds timeout) {
