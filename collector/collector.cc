@@ -648,6 +648,7 @@ void Collector::OnResolved(Status status, int64_t seq) {
     return Advance();
   }
   commit_ = CommitState::kClean;
+  std::shared_ptr<const CommitBatch> batch = std::move(unresolved_batch_);
   int64_t before = engine_.commit_seq();
   if (!engine_.Resolve(seq)) {
     EnterStandby(fmt::format(
@@ -659,10 +660,9 @@ void Collector::OnResolved(Status status, int64_t seq) {
   bool applied = seq == before + 1;
   if (applied) committed_fetch_ = std::max(committed_fetch_, unresolved_fetch_);
   if (applied && metrics_) {
-    metrics_->AddCommitted(unresolved_batch_->rows);
+    metrics_->AddCommitted(batch->rows);
     metrics_->UnknownCommitApplied(WallClockMs());
   }
-  unresolved_batch_.reset();
   LogInfo("the commit whose outcome was unknown {}",
           applied ? "did apply" : "did not apply; retrying it");
   database_health_.Up("commit sequence read");
