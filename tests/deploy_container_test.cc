@@ -643,14 +643,15 @@ TEST_F(ComposeTest, PrometheusScrapesTheCollectorAndGrafanaHasTheDashboards) {
     }
     ASSERT_EQ(type, "postgres");
     std::string user = source["user"].as<std::string>();
-    EXPECT_TRUE(Has(Source("deploy/docker/initdb/boxmeter-roles.sh"),
-                    "CREATE ROLE " + user +
-                        " LOGIN PASSWORD :'grafana' IN ROLE boxmeter_readonly"));
+    EXPECT_TRUE(
+        Has(Source("deploy/docker/initdb/boxmeter-roles.sh"),
+            "CREATE ROLE " + user +
+                " LOGIN PASSWORD :'grafana' IN ROLE boxmeter_readonly"));
     std::string password =
         source["secureJsonData"]["password"].as<std::string>();
     std::smatch file;
-    ASSERT_TRUE(std::regex_match(password, file,
-                                 std::regex(R"(\$__file\{(.+)\})")))
+    ASSERT_TRUE(
+        std::regex_match(password, file, std::regex(R"(\$__file\{(.+)\})")))
         << password;
     EXPECT_EQ(secrets.count(file[1].str()), 1u) << file[1];
   }
