@@ -45,6 +45,16 @@ constexpr milliseconds kPruneBudget{5000};
 // poll.
 void ReturnFreedMemory() { malloc_trim(0); }
 
+int64_t WallClockMs() {
+  return std::chrono::duration_cast<milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double SecondsSince(steady_clock::time_point start) {
+  return std::chrono::duration<double>(steady_clock::now() - start).count();
+}
+
 }  // namespace
 
 void PeerHealth::Up(const std::string& detail) {
@@ -70,12 +80,14 @@ void PeerHealth::Down(const std::string& error) {
 }
 
 Collector::Collector(boost::asio::io_context& io, const Config& config,
-                     StatsSource& source, Store& store, Notifier& notifier)
+                     StatsSource& source, Store& store, Notifier& notifier,
+                     CollectorMetrics* metrics)
     : io_(io),
       config_(config),
       source_(source),
       store_(store),
       notifier_(notifier),
+      metrics_(metrics),
       hooks_(io, config.hooks, config.path),
       poll_timer_(io),
       retry_timer_(io),
@@ -183,6 +195,11 @@ void Collector::Reload(const Config& config) {
                  RedactUrl(config.database.url));
   restart_needed("control.socket", config_.control.socket,
                  config.control.socket);
+  restart_needed("metrics.listen", config_.metrics.listen,
+                 config.metrics.listen);
+  restart_needed("metrics.per_user",
+                 config_.metrics.per_user ? "true" : "false",
+                 config.metrics.per_user ? "true" : "false");
   bool interval_changed = config.poll.interval != config_.poll.interval;
   config_.poll = config.poll;
   config_.source.timeout = config.source.timeout;
@@ -362,6 +379,9 @@ void Collector::EnterRunning(const LeaseState& lease, NodeState state) {
                                   config_.node, state.baselines.size(),
                                   state.commit_seq));
   engine_.Load(state.commit_seq, state.instance, state.baselines);
+  // What the database holds now, whatever this collector showed before (a
+  // takeover: another writer committed meanwhile).
+  if (metrics_) metrics_->SetTotals(state.totals);
   lease_ = lease;
   lease_renewed_ = steady_clock::now();
   standby_reason_.clear();
@@ -402,6 +422,7 @@ void Collector::OnTick() {
 void Collector::StartFetch() {
   int64_t fetch = ++fetches_started_;
   fetch_in_flight_ = fetch;
+  fetch_started_ = steady_clock::now();
   source_.Fetch(
       config_.source.timeout, [this, fetch](Status status, StatsReply reply) {
         boost::asio::post(io_, [this, fetch, status = std::move(status),
@@ -420,6 +441,7 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
   if (!status.ok()) {
     source_health_.Down(status.message());
     last_poll_result_ = "stats API: " + status.message();
+    RecordPoll(false, 0);
     if (ending_ == Ending::kStop && fetch > stop_after_fetch_ &&
         final_fetch_tries_ < kFinalFetchTries) {
       // The final poll failed (a stats API slow to answer, or just
@@ -466,6 +488,7 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
     }
     last_poll_result_ = fmt::format("last poll: {} counters, {} changed",
                                     snapshot.counters.size(), observed.changed);
+    RecordPoll(true, observed.new_instance ? 1 : 0);
     LogDebug("{}", last_poll_result_);
     for (Waiter& waiter : waiters_) {
       if (waiter.fetch == 0 && waiter.after_fetch < fetch) waiter.fetch = fetch;
@@ -541,8 +564,11 @@ void Collector::StartCommit() {
   batch->read_users_fingerprint = ending_ == Ending::kNone && hooks_.enabled();
   batch->lease_token = lease_.token;
   batch->lease_ttl = LeaseTtl();
-  size_t rows = batch->rows.size();
   int64_t fetch = last_fetch_ok_;
+  commit_started_ = steady_clock::now();
+  // The metrics add an applied batch's deltas; without them the batch is
+  // freed before the result is handled (OnDatabase).
+  std::shared_ptr<const CommitBatch> kept = metrics_ ? batch : nullptr;
   OnDatabase<CommitResult>(
       DbWork::kCommitting,
       [this, batch] {
@@ -552,14 +578,19 @@ void Collector::StartCommit() {
         }
         return store_.Commit(*batch);
       },
-      [this, rows, fetch](CommitResult result) {
-        OnCommitted(std::move(result), rows, fetch);
+      [this, kept = std::move(kept), rows = batch->rows.size(),
+       fetch](CommitResult result) mutable {
+        OnCommitted(std::move(result), rows, std::move(kept), fetch);
       });
 }
 
-void Collector::OnCommitted(CommitResult result, size_t rows, int64_t fetch) {
+void Collector::OnCommitted(CommitResult result, size_t rows,
+                            std::shared_ptr<const CommitBatch> batch,
+                            int64_t fetch) {
+  RecordCommit(result.outcome);
   switch (result.outcome) {
     case CommitOutcome::kApplied:
+      if (metrics_) metrics_->AddCommitted(batch->rows);
       engine_.Committed();
       committed_fetch_ = std::max(committed_fetch_, fetch);
       lease_renewed_ = steady_clock::now();
@@ -591,6 +622,7 @@ void Collector::OnCommitted(CommitResult result, size_t rows, int64_t fetch) {
           rows, result.status.message());
       commit_ = CommitState::kUnknown;
       unresolved_fetch_ = fetch;
+      unresolved_batch_ = std::move(batch);
       AfterDatabaseFailure(result.status);
       break;
     case CommitOutcome::kLeaseLost:
@@ -621,6 +653,7 @@ void Collector::OnResolved(Status status, int64_t seq) {
     return Advance();
   }
   commit_ = CommitState::kClean;
+  std::shared_ptr<const CommitBatch> batch = std::move(unresolved_batch_);
   int64_t before = engine_.commit_seq();
   if (!engine_.Resolve(seq)) {
     EnterStandby(fmt::format(
@@ -631,6 +664,10 @@ void Collector::OnResolved(Status status, int64_t seq) {
   }
   bool applied = seq == before + 1;
   if (applied) committed_fetch_ = std::max(committed_fetch_, unresolved_fetch_);
+  if (applied && metrics_) {
+    metrics_->AddCommitted(batch->rows);
+    metrics_->UnknownCommitApplied(WallClockMs());
+  }
   LogInfo("the commit whose outcome was unknown {}",
           applied ? "did apply" : "did not apply; retrying it");
   database_health_.Up("commit sequence read");
@@ -818,6 +855,19 @@ void Collector::ScheduleWatchdog() {
   });
 }
 
+void Collector::RecordPoll(bool ok, int restarts) {
+  if (metrics_) {
+    metrics_->PollDone(SecondsSince(fetch_started_), ok, WallClockMs(),
+                       restarts);
+  }
+}
+
+void Collector::RecordCommit(CommitOutcome outcome) {
+  if (metrics_) {
+    metrics_->CommitDone(SecondsSince(commit_started_), outcome, WallClockMs());
+  }
+}
+
 void Collector::UpdateStatus() {
   std::string database;
   switch (phase_) {
@@ -833,9 +883,23 @@ void Collector::UpdateStatus() {
           database_health_.down() ? "database unavailable" : "database ok";
       break;
   }
+  int64_t pending = engine_.pending_bytes();
   notifier_.Status(fmt::format("{}; {} counters tracked, {} bytes pending; {}",
-                               last_poll_result_, engine_.size(),
-                               engine_.pending_bytes(), database));
+                               last_poll_result_, engine_.size(), pending,
+                               database));
+  if (metrics_) {
+    int64_t started = hooks_.runs_started();
+    int64_t failed = hooks_.runs_failed();
+    metrics_->SetGauges({
+        .pending_bytes = pending,
+        .counters_tracked = static_cast<int64_t>(engine_.size()),
+        .source_up = source_health_.up(),
+        .database_up = database_health_.up(),
+        .writer = phase_ == Phase::kRunning,
+        .hook_runs_succeeded = started - failed - (hooks_.running() ? 1 : 0),
+        .hook_runs_failed = failed,
+    });
+  }
 }
 
 }  // namespace boxmeter

@@ -55,6 +55,7 @@
 #include <thread>
 #include <vector>
 
+#include "collector_metrics.h"
 #include "config.h"
 #include "delta_engine.h"
 #include "hook_runner.h"
@@ -72,6 +73,7 @@ class PeerHealth {
   void Up(const std::string& detail);
   void Down(const std::string& error);
   bool down() const { return state_ == State::kDown; }
+  bool up() const { return state_ == State::kUp; }
 
  private:
   enum class State { kUnknown, kUp, kDown };
@@ -81,9 +83,13 @@ class PeerHealth {
 
 class Collector {
  public:
-  // The source, store and notifier must outlive the collector.
+  // The source, store, notifier and metrics must outlive the collector.
+  // `metrics` (null: none) is kept up to date from the loop: the node's
+  // committed totals as loaded and as each applied commit moves them, and
+  // the collector's health.
   Collector(boost::asio::io_context& io, const Config& config,
-            StatsSource& source, Store& store, Notifier& notifier);
+            StatsSource& source, Store& store, Notifier& notifier,
+            CollectorMetrics* metrics = nullptr);
   ~Collector();
 
   // Starts the daemon: prepares the database (retrying until it answers),
@@ -159,7 +165,9 @@ class Collector {
   void OnTick();
   void OnFetched(int64_t fetch, Status status, StatsReply reply);
   void OnLoaded(Status status, LeaseState lease, NodeState state);
-  void OnCommitted(CommitResult result, size_t rows, int64_t fetch);
+  // `batch`: the committed batch when metrics_ is set, else null.
+  void OnCommitted(CommitResult result, size_t rows,
+                   std::shared_ptr<const CommitBatch> batch, int64_t fetch);
   void OnResolved(Status status, int64_t seq);
   void OnRenewed(Status status, LeaseState lease);
 
@@ -174,6 +182,9 @@ class Collector {
   void ScheduleRetry();
   void ScheduleWatchdog();
   void UpdateStatus();
+  // Durations and outcomes; the gauges follow in UpdateStatus.
+  void RecordPoll(bool ok, int restarts);
+  void RecordCommit(CommitOutcome outcome);
   void ArmStopDeadline();
   std::chrono::milliseconds LeaseTtl() const;
   std::chrono::milliseconds StopBudget() const;
@@ -189,6 +200,7 @@ class Collector {
   StatsSource& source_;
   Store& store_;
   Notifier& notifier_;
+  CollectorMetrics* metrics_;  // null: none
   DeltaEngine engine_;
   HookRunner hooks_;
 
@@ -212,6 +224,11 @@ class Collector {
   int final_fetch_tries_ = 0;      // retries of a failed final fetch
   int64_t hook_flush_after_ = -1;  // a hook run waits for this flush
   int64_t unresolved_fetch_ = 0;   // the fetch of a commit of unknown outcome
+  // Its batch, kept for the metrics (only with metrics_): its deltas join
+  // the exposed totals if it turns out to have applied.
+  std::shared_ptr<const CommitBatch> unresolved_batch_;
+  std::chrono::steady_clock::time_point fetch_started_{};
+  std::chrono::steady_clock::time_point commit_started_{};
 
   LeaseState lease_;
   std::chrono::steady_clock::time_point lease_renewed_{};

@@ -7,16 +7,19 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "collector.h"
+#include "collector_metrics.h"
 #include "command_line.h"
 #include "config.h"
 #include "control_socket.h"
 #include "grpc_stats_source.h"
 #include "log.h"
+#include "metrics_server.h"
 #include "notifier.h"
 #include "pg_store.h"
 #include "program.h"
@@ -197,7 +200,13 @@ int Main(int argc, char** argv) {
   const char* health_file = std::getenv("BOXMETER_HEALTH_FILE");
   SystemdNotifier notifier(health_file ? health_file : "");
   boost::asio::io_context io;
-  Collector collector(io, config, source, store, notifier);
+  // The /metrics endpoint, when metrics.listen is set (not for --once).
+  std::unique_ptr<CollectorMetrics> metrics;
+  if (!config.metrics.listen.empty() && !cli.Has("once")) {
+    metrics = std::make_unique<CollectorMetrics>(CollectorMetrics::Options{
+        config.node, config.metrics.per_user, BoxmeterVersion()});
+  }
+  Collector collector(io, config, source, store, notifier, metrics.get());
 
   if (cli.Has("once")) {
     BlockStopSignals(false);
@@ -214,6 +223,20 @@ int Main(int argc, char** argv) {
                         });
   if (Status status = control.Open(); !status.ok()) {
     LogWarn("{}; --flush cannot reach this collector", status.message());
+  }
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (metrics) {
+    metrics_server = std::make_unique<MetricsServer>(
+        config.metrics.listen, [&metrics] { return metrics->Render(); });
+    if (Status status = metrics_server->Start(); status.ok()) {
+      LogInfo("serving Prometheus metrics on http://{}/metrics",
+              config.metrics.listen);
+    } else {
+      // Counting matters more than its metrics: go on without them.
+      LogError("{}; the collector runs without its metrics endpoint",
+               status.message());
+      metrics_server.reset();
+    }
   }
   BlockStopSignals(false);
   collector.Start();

@@ -478,7 +478,7 @@ class ConfigReader {
   void ReadRoot(const YAML::Node& root, Config* config) {
     Entries top = Keys(root, "",
                        {"node", "source", "database", "poll", "log",
-                        "generator", "hooks", "history", "control"});
+                        "generator", "hooks", "history", "control", "metrics"});
 
     ReadNode(top, config);
 
@@ -564,6 +564,14 @@ class ConfigReader {
     ReadPath(control, "control.socket",
              "the path of the collector's control socket (--flush)",
              &config->control.socket);
+
+    Entries metrics = Section(top, "metrics", {"listen", "per_user"});
+    if (const Entry* e = Find(metrics, "listen")) {
+      ReadListen(*e, &config->metrics.listen);
+    }
+    if (const Entry* e = Find(metrics, "per_user")) {
+      ReadBool(*e, "metrics.per_user", &config->metrics.per_user);
+    }
   }
 
   // --- Sections and keys -------------------------------------------------
@@ -738,15 +746,85 @@ class ConfigReader {
       });
       if (!plain) return bad("has characters that cannot be in a host name");
     }
+    if (std::string_view problem = PortProblem(port); !problem.empty()) {
+      return bad(problem);
+    }
+    *out = *text;
+  }
+
+  // What is wrong with the port after an address's host, or "" when it is
+  // a number in 1..65535.
+  static std::string_view PortProblem(std::string_view port) {
     bool digits = !port.empty() && port.size() <= 5 &&
                   std::all_of(port.begin(), port.end(),
                               [](char c) { return c >= '0' && c <= '9'; });
-    if (!digits) return bad("does not end in a port number");
+    if (!digits) return "does not end in a port number";
     int number = std::stoi(std::string(port));
-    if (number < 1 || number > 65535) {
-      return bad("has a port outside 1..65535");
+    if (number < 1 || number > 65535) return "has a port outside 1..65535";
+    return "";
+  }
+
+  // metrics.listen: an IP address (IPv6 in brackets) and a port; "" or
+  // null turns the endpoint off. No host names: what a name resolves to
+  // can change, and an endpoint meant for loopback must not end up public.
+  void ReadListen(const Entry& e, std::string* out) {
+    constexpr std::string_view kExpected =
+        "IP:PORT, like 127.0.0.1:9464 or [::1]:9464, or \"\" for no "
+        "endpoint";
+    if (e.value.IsNull()) return;
+    auto text = String(e, "metrics.listen", kExpected);
+    if (!text || text->empty()) return;
+    auto bad = [&](std::string_view why) {
+      Error(e.key, fmt::format("metrics.listen: {} {}; write {}", Quote(*text),
+                               why, kExpected));
+    };
+    std::string_view listen = *text;
+    std::string host;
+    std::string_view port;
+    bool ok_host = false;
+    if (listen.starts_with('[')) {
+      size_t close = listen.find("]:");
+      if (close == std::string_view::npos) return bad("has no ]:PORT");
+      host = std::string(listen.substr(1, close - 1));
+      port = listen.substr(close + 2);
+      struct in6_addr v6;
+      ok_host = inet_pton(AF_INET6, host.c_str(), &v6) == 1;
+    } else {
+      size_t colon = listen.rfind(':');
+      if (colon == std::string_view::npos) return bad("has no :PORT");
+      host = std::string(listen.substr(0, colon));
+      port = listen.substr(colon + 1);
+      if (host.find(':') != std::string::npos) {
+        return bad("looks like an IPv6 address without brackets");
+      }
+      unsigned char v4[4];
+      ok_host = inet_pton(AF_INET, host.c_str(), v4) == 1;
+    }
+    if (!ok_host) {
+      return bad(
+          "does not start with an IP address (host names are not "
+          "taken)");
+    }
+    if (std::string_view problem = PortProblem(port); !problem.empty()) {
+      return bad(problem);
     }
     *out = *text;
+  }
+
+  // true or false (YAML's spellings of them, any case).
+  void ReadBool(const Entry& e, std::string_view key, bool* out) {
+    auto text = String(e, key, "true or false");
+    if (!text) return;
+    std::string lower = *text;
+    for (char& c : lower) c = std::tolower(static_cast<unsigned char>(c));
+    if (lower == "true") {
+      *out = true;
+    } else if (lower == "false") {
+      *out = false;
+    } else {
+      Error(e.key, fmt::format("{}: {} is not a boolean; write true or false",
+                               key, Quote(*text)));
+    }
   }
 
   // Stores the duration only if it is valid, so the default stays otherwise.

@@ -76,6 +76,14 @@ struct Config {
   struct Control {
     std::string socket = "/run/boxmeter/collector.sock";
   } control;
+
+  // The Prometheus endpoint (metrics_server.h, collector_metrics.h).
+  struct Metrics {
+    // "IP:PORT" or "[IPv6]:PORT" to serve GET /metrics on; empty: off.
+    std::string listen;
+    // Whether per-user traffic series are exposed (2 per user).
+    bool per_user = true;
+  } metrics;
 };
 
 // Which binary loads the config. Each reads only its own secret files

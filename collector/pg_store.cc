@@ -180,17 +180,6 @@ constexpr const char* kCommitGuard =
 // schema/0002_generator.sql: what boxmeter-gen would read for node $1.
 constexpr const char* kUsersFingerprint = "SELECT users_fingerprint($1)";
 
-// Whether PostgreSQL can store `text` in a UTF-8 database: well-formed
-// UTF-8 without NUL.
-bool StorableText(std::string_view text) {
-  for (size_t i = 0; i < text.size();) {
-    size_t length = text[i] == '\0' ? 0 : Utf8SequenceLength(text, i);
-    if (length == 0) return false;
-    i += length;
-  }
-  return true;
-}
-
 // A counter's key without a copy of its name, to find duplicates in a batch.
 struct KeyView {
   CounterKind kind;
@@ -450,10 +439,11 @@ Status PgStore::LoadNode(NodeState* out) {
     state.instance.generation = node[2].as<int64_t>();
     state.instance.start = {node[3].as<int64_t>(), node[4].as<int64_t>()};
     pqxx::result rows = tx.exec_params(
-        "SELECT kind, name, base_uplink, base_downlink, generation "
-        "FROM counters WHERE node = $1",
+        "SELECT kind, name, base_uplink, base_downlink, generation, "
+        "uplink, downlink FROM counters WHERE node = $1",
         node_);
     state.baselines.reserve(rows.size());
+    state.totals.reserve(rows.size());
     for (const pqxx::row& row : rows) {
       std::optional<CounterKind> kind = ParseCounterKind(row[0].c_str());
       if (!kind) continue;  // the table's CHECK allows only known kinds
@@ -461,6 +451,8 @@ Status PgStore::LoadNode(NodeState* out) {
       baseline.key = {*kind, std::string(row[1].c_str(), row[1].size())};
       baseline.values = {row[2].as<int64_t>(), row[3].as<int64_t>()};
       baseline.generation = row[4].as<int64_t>();
+      state.totals.push_back(CounterTotal{
+          baseline.key, {row[5].as<int64_t>(), row[6].as<int64_t>()}});
       state.baselines.push_back(std::move(baseline));
     }
     tx.commit();
@@ -492,7 +484,7 @@ CommitResult PgStore::Commit(const CommitBatch& batch) {
   std::unordered_set<KeyView, KeyViewHash> keys;
   keys.reserve(batch.rows.size());
   for (const CommitRow& row : batch.rows) {
-    if (!StorableText(row.key.name)) {
+    if (!IsUtf8WithoutNul(row.key.name)) {
       LogWarn(
           "left out {} counter named {:?}: PostgreSQL cannot store that name "
           "(not UTF-8 or contains NUL); its traffic is not recorded",

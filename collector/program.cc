@@ -9,6 +9,8 @@
 
 namespace boxmeter {
 
+const char* BoxmeterVersion() { return BOXMETER_VERSION; }
+
 std::vector<FlagSpec> ProgramFlags(std::vector<FlagSpec> own) {
   std::vector<FlagSpec> flags = {
       {"config", true,
@@ -43,7 +45,7 @@ std::optional<int> StartProgram(const ProgramInfo& program, int argc,
     return 0;
   }
   if (cli->Has("version")) {
-    std::printf("%s %s\n", program.name.c_str(), BOXMETER_VERSION);
+    std::printf("%s %s\n", program.name.c_str(), BoxmeterVersion());
     return 0;
   }
   return std::nullopt;

@@ -19,6 +19,10 @@ struct ProgramInfo {
   ConfigUser config_user = ConfigUser::kCollector;  // whose secrets to read
 };
 
+// This build's version (the project's, from CMake): --version and the
+// collector's build_info metric.
+const char* BoxmeterVersion();
+
 // The flags of a boxmeter binary: --config FILE, then `own`, then --version
 // and --help, which StartProgram answers.
 std::vector<FlagSpec> ProgramFlags(std::vector<FlagSpec> own);

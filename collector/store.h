@@ -14,12 +14,21 @@
 
 namespace boxmeter {
 
+// A counter's committed running totals (the counters table's uplink and
+// downlink): what the metrics endpoint exposes.
+struct CounterTotal {
+  CounterKey key;
+  CounterValues total;
+};
+
 struct NodeState {
   int64_t commit_seq = 0;
   // The instance the newest baselines came from (an empty boot id when none
   // is stored yet).
   InstanceIdentity instance;
   std::vector<Baseline> baselines;
+  // The node's totals, one per baseline, as of the same moment.
+  std::vector<CounterTotal> totals;
 };
 
 enum class CommitOutcome {
@@ -61,9 +70,9 @@ class Store {
   virtual Status Migrate() = 0;
 
   // Registers the node if new and reads its commit sequence, its current
-  // instance and its baselines, all as of one moment. A writer calls it only
-  // while it holds the node's lease (TakeLease), so it never adopts the
-  // baselines of another writer.
+  // instance, its baselines and its counters' totals, all as of one moment. A
+  // writer calls it only while it holds the node's lease (TakeLease), so it
+  // never adopts the baselines of another writer.
   virtual Status LoadNode(NodeState* out) = 0;
 
   // Takes the node's writer lease (writer_lease.h) if nobody holds it, if

@@ -35,4 +35,13 @@ size_t Utf8SequenceLength(std::string_view text, size_t i) {
   return length;
 }
 
+bool IsUtf8WithoutNul(std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    size_t length = text[i] == '\0' ? 0 : Utf8SequenceLength(text, i);
+    if (length == 0) return false;
+    i += length;
+  }
+  return true;
+}
+
 }  // namespace boxmeter

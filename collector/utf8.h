@@ -14,4 +14,8 @@ namespace boxmeter {
 // Precondition: i < text.size().
 size_t Utf8SequenceLength(std::string_view text, size_t i);
 
+// Whether PostgreSQL can store `text` in a UTF-8 database (and Prometheus
+// take it as a label value): well-formed UTF-8 without NUL.
+bool IsUtf8WithoutNul(std::string_view text);
+
 }  // namespace boxmeter

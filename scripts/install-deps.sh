@@ -36,6 +36,7 @@ test_packages=(
   clang libclang-rt-14-dev  # libFuzzer and its sanitizers (scripts/fuzz.sh)
   systemd                # systemd-analyze verify/security on deploy/systemd
   faketime               # libfaketime: wall-clock steps between collector runs
+  prometheus             # scrapes /metrics in the metrics test; promtool
   # scripts/image-test.sh and scripts/systemd-test.sh: the images built and
   # run for real, the units under a booted systemd
   buildah                # builds deploy/docker/Dockerfile without a daemon

@@ -204,10 +204,68 @@ TEST_F(ConfigTest, TheExampleFileLoads) {
   EXPECT_EQ(config.generator.stats_outbounds,
             Config().generator.stats_outbounds);
   // The systemd layout's hook (deploy/systemd/boxmeter-gen.path).
-  EXPECT_EQ(config.hooks.on_users_changed,
-            "touch /run/boxmeter/users-changed");
+  EXPECT_EQ(config.hooks.on_users_changed, "touch /run/boxmeter/users-changed");
   EXPECT_EQ(config.hooks.timeout, Config().hooks.timeout);
   EXPECT_EQ(config.history.retention, Config().history.retention);
+  // The endpoint is on, on loopback.
+  EXPECT_EQ(config.metrics.listen, "127.0.0.1:9464");
+  EXPECT_TRUE(config.metrics.per_user);
+}
+
+// --- metrics ---------------------------------------------------------------
+
+TEST_F(ConfigTest, MetricsAreOffUnlessListenIsSet) {
+  Config config = Load(kMinimal);
+  EXPECT_EQ(config.metrics.listen, "");
+  EXPECT_TRUE(config.metrics.per_user);
+  EXPECT_EQ(
+      Load(std::string(kMinimal) + "metrics: {listen: \"\"}\n").metrics.listen,
+      "");
+  EXPECT_EQ(
+      Load(std::string(kMinimal) + "metrics:\n  listen:\n").metrics.listen, "");
+}
+
+TEST_F(ConfigTest, MetricsListenTakesIpAndPort) {
+  auto listen = [&](std::string_view value) {
+    return Load(std::string(kMinimal) + "metrics:\n  listen: \"" +
+                std::string(value) + "\"\n")
+        .metrics.listen;
+  };
+  EXPECT_EQ(listen("127.0.0.1:9464"), "127.0.0.1:9464");
+  EXPECT_EQ(listen("0.0.0.0:1"), "0.0.0.0:1");
+  EXPECT_EQ(listen("[::1]:65535"), "[::1]:65535");
+  EXPECT_EQ(listen("[::]:9464"), "[::]:9464");
+}
+
+TEST_F(ConfigTest, MetricsListenErrorsNameTheKeyAndValue) {
+  auto error = [&](std::string_view value) {
+    return Error(std::string(kMinimal) + "metrics:\n  listen: \"" +
+                 std::string(value) + "\"\n");
+  };
+  EXPECT_THAT(error("localhost:9464"),
+              AllOf(HasSubstr(":6: metrics.listen: \"localhost:9464\""),
+                    HasSubstr("host names are not taken"),
+                    HasSubstr("127.0.0.1:9464")));
+  EXPECT_THAT(error("127.0.0.1"), HasSubstr("has no :PORT"));
+  EXPECT_THAT(error("::1:9464"), HasSubstr("IPv6 address without brackets"));
+  EXPECT_THAT(error("[::1]9464"), HasSubstr("has no ]:PORT"));
+  EXPECT_THAT(error("127.0.0.1:0"), HasSubstr("port outside 1..65535"));
+  EXPECT_THAT(error("127.0.0.1:65536"), HasSubstr("port outside 1..65535"));
+  EXPECT_THAT(error("127.0.0.1:http"), HasSubstr("does not end in a port"));
+  EXPECT_THAT(Error(std::string(kMinimal) + "metrics: {listen: [a]}\n"),
+              HasSubstr("metrics.listen: is a list"));
+}
+
+TEST_F(ConfigTest, MetricsPerUserIsABoolean) {
+  EXPECT_FALSE(Load(std::string(kMinimal) + "metrics: {per_user: false}\n")
+                   .metrics.per_user);
+  EXPECT_TRUE(Load(std::string(kMinimal) + "metrics: {per_user: True}\n")
+                  .metrics.per_user);
+  EXPECT_THAT(Error(std::string(kMinimal) + "metrics: {per_user: maybe}\n"),
+              AllOf(HasSubstr("metrics.per_user: \"maybe\" is not a boolean"),
+                    HasSubstr("true or false")));
+  EXPECT_THAT(Error(std::string(kMinimal) + "metrics: {per_users: false}\n"),
+              HasSubstr("did you mean metrics.per_user?"));
 }
 
 // --- The environment -------------------------------------------------------
@@ -300,7 +358,7 @@ TEST_F(ConfigTest, UnknownTopLevelKeyListsTheKnownOnes) {
   EXPECT_EQ(error, At(5) +
                        "pol: unknown key (did you mean poll?); the known keys "
                        "at the top level are: node, source, database, poll, "
-                       "log, generator, hooks, history, control");
+                       "log, generator, hooks, history, control, metrics");
 }
 
 TEST_F(ConfigTest, UnknownNestedKeyListsTheSectionsKeys) {

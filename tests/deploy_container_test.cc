@@ -594,6 +594,72 @@ TEST_F(ComposeTest, EachJobLogsInAsItsOwnLoginFromASecretFile) {
   }
 }
 
+// Prometheus scrapes the collector where its config listens, inside
+// sing-box's network namespace and published nowhere; Grafana loads the
+// provisioned data sources and dashboards, logging in to PostgreSQL as the
+// read-only login the initdb script makes, with a password from a secret.
+TEST_F(ComposeTest, PrometheusScrapesTheCollectorAndGrafanaHasTheDashboards) {
+  Config config;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(LoadConfig(kDockerDir + "/boxmeter.yaml", {}, &config, &errors))
+      << ::testing::PrintToString(errors);
+  std::string listen = config.metrics.listen;
+  ASSERT_FALSE(listen.empty());
+  std::string port = listen.substr(listen.rfind(':') + 1);
+  YAML::Node prometheus = Service("prometheus");
+  EXPECT_EQ(MountSource(prometheus, "/etc/prometheus/prometheus.yml"),
+            "./prometheus.yml");
+  YAML::Node scrape = YAML::LoadFile(kDockerDir + "/prometheus.yml");
+  EXPECT_EQ(scrape["scrape_configs"][0]["static_configs"][0]["targets"][0]
+                .as<std::string>(),
+            "sing-box:" + port);
+  EXPECT_FALSE(prometheus["ports"]);
+  for (const auto& published : Service("sing-box")["ports"]) {
+    EXPECT_FALSE(published.as<std::string>().starts_with(port + ":"));
+  }
+
+  YAML::Node grafana = Service("grafana");
+  EXPECT_EQ(MountSource(grafana, "/etc/grafana/provisioning"),
+            "../grafana/provisioning");
+  YAML::Node providers = YAML::LoadFile(
+      kSourceDir + "/deploy/grafana/provisioning/dashboards/boxmeter.yaml");
+  std::string dashboards =
+      providers["providers"][0]["options"]["path"].as<std::string>();
+  EXPECT_EQ(MountSource(grafana, dashboards), "../grafana/dashboards");
+  for (const char* board : {"boxmeter-health.json", "boxmeter-traffic.json"}) {
+    EXPECT_TRUE(fs::exists(kSourceDir + "/deploy/grafana/dashboards/" + board));
+  }
+  YAML::Node sources = YAML::LoadFile(
+      kSourceDir + "/deploy/grafana/provisioning/datasources/boxmeter.yaml");
+  std::set<std::string> secrets;
+  for (const auto& secret : grafana["secrets"]) {
+    secrets.insert("/run/secrets/" + secret.as<std::string>());
+  }
+  for (const auto& source : sources["datasources"]) {
+    std::string type = source["type"].as<std::string>();
+    if (type == "prometheus") {
+      EXPECT_EQ(source["url"].as<std::string>(), "http://prometheus:9090");
+      continue;
+    }
+    ASSERT_EQ(type, "postgres");
+    std::string user = source["user"].as<std::string>();
+    EXPECT_TRUE(
+        Has(Source("deploy/docker/initdb/boxmeter-roles.sh"),
+            "CREATE ROLE " + user +
+                " LOGIN PASSWORD :'grafana' IN ROLE boxmeter_readonly"));
+    std::string password =
+        source["secureJsonData"]["password"].as<std::string>();
+    std::smatch file;
+    ASSERT_TRUE(
+        std::regex_match(password, file, std::regex(R"(\$__file\{(.+)\})")))
+        << password;
+    EXPECT_EQ(secrets.count(file[1].str()), 1u) << file[1];
+  }
+  EXPECT_EQ(grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+                .as<std::string>(),
+            "/run/secrets/grafana-admin-password");
+}
+
 // --- The Kubernetes example --------------------------------------------------
 
 TEST(Kubernetes, SidecarPodSharesWhatTheHookNeeds) {

@@ -357,6 +357,14 @@ TEST_F(PgStoreTest, LoadNodeReturnsWhatCommitWrote) {
   EXPECT_EQ(direct.values, (CounterValues{42, 43}));
   EXPECT_EQ(direct.generation, 2);
   EXPECT_EQ(got[(CounterKey{CounterKind::kInbound, "in"})].generation, 0);
+  // The totals, for the metrics endpoint: the deltas committed so far.
+  std::map<CounterKey, CounterValues> totals;
+  for (const CounterTotal& total : state.totals)
+    totals[total.key] = total.total;
+  EXPECT_EQ(totals, (std::map<CounterKey, CounterValues>{
+                        {{CounterKind::kInbound, "in"}, {1, 0}},
+                        {{CounterKind::kOutbound, "direct"}, {1, 1}},
+                        {{CounterKind::kUser, "alice"}, {5, 6}}}));
 
   // A commit without rows still stores the instance (a restart seen while
   // no counter has traffic yet).
@@ -370,6 +378,7 @@ TEST_F(PgStoreTest, LoadNodeReturnsWhatCommitWrote) {
   NodeState other;
   ASSERT_TRUE(PgStore(url(), "edge-2").LoadNode(&other).ok());
   EXPECT_TRUE(other.baselines.empty());
+  EXPECT_TRUE(other.totals.empty());
 }
 
 TEST_F(PgStoreTest, EmptyBatchOnlyMovesTheSequence) {

@@ -11,6 +11,9 @@
 #                       boxmeter_collector)
 #   generator.pgpass    boxmeter_gen: boxmeter-gen (IN ROLE
 #                       boxmeter_generator)
+#   grafana-db-password boxmeter_grafana (IN ROLE boxmeter_readonly): Grafana's
+#                       PostgreSQL data source (uid 472: the grafana image's)
+#   grafana-admin-password  Grafana's admin login (uid 472)
 # The .pgpass files are libpq's format, uid 10001 (the boxmeter image's user),
 # mode 0600 (libpq ignores a password file others can read). Existing files
 # are kept: delete ./secrets to start over.
@@ -20,6 +23,7 @@ dir=${1:-$(dirname "$0")/secrets}
 host=${BOXMETER_DB_HOST:-postgres}
 pg_uid=${POSTGRES_UID:-999}
 boxmeter_uid=${BOXMETER_UID:-10001}
+grafana_uid=${GRAFANA_UID:-472}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "make-secrets.sh: run as root: it makes files owned by uid" \
@@ -46,6 +50,13 @@ for pair in owner:boxmeter_owner collector:boxmeter_meter \
   chown "$boxmeter_uid:$boxmeter_uid" "$dir/$file.pgpass"
   chmod 0600 "$dir/$file.pgpass"
 done
+grafana=$(password)
+echo "boxmeter_grafana $grafana" >>"$dir/boxmeter-logins"
+printf '%s' "$grafana" >"$dir/grafana-db-password"
+password >"$dir/grafana-admin-password"
+chown "$grafana_uid:$grafana_uid" "$dir/grafana-db-password" \
+  "$dir/grafana-admin-password"
 chown "$pg_uid:$pg_uid" "$dir/postgres-superuser" "$dir/boxmeter-logins"
 echo "make-secrets.sh: wrote $dir/{postgres-superuser,boxmeter-logins," \
-  "owner.pgpass,collector.pgpass,generator.pgpass}" >&2
+  "owner.pgpass,collector.pgpass,generator.pgpass,grafana-db-password," \
+  "grafana-admin-password}" >&2

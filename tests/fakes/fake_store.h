@@ -50,7 +50,11 @@ class FakeStore : public Store {
     out->commit_seq = seq_;
     out->instance = instance_;
     out->baselines.clear();
-    for (const auto& [key, row] : rows_) out->baselines.push_back(row.baseline);
+    out->totals.clear();
+    for (const auto& [key, row] : rows_) {
+      out->baselines.push_back(row.baseline);
+      out->totals.push_back({key, row.total});
+    }
     ++loads_;
     return Status::Ok();
   }

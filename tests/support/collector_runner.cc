@@ -62,8 +62,14 @@ CollectorRunner::CollectorRunner(std::string binary, Settings settings)
                                    ? dir_->path() + "/collector.sock"
                                    : settings.control_socket;
   out << "control:\n"
-      << "  socket: " << Quoted(control_socket) << "\n"
-      << settings.more_yaml;
+      << "  socket: " << Quoted(control_socket) << "\n";
+  if (!settings.metrics_listen.empty()) {
+    out << "metrics:\n"
+        << "  listen: " << Quoted(settings.metrics_listen) << "\n"
+        << "  per_user: " << (settings.metrics_per_user ? "true" : "false")
+        << "\n";
+  }
+  out << settings.more_yaml;
   if (!out.flush()) {
     throw std::runtime_error("CollectorRunner: cannot write " + config_path_);
   }

@@ -32,6 +32,9 @@ class CollectorRunner {
     // directory (the collector's default, /run/boxmeter/collector.sock, is no
     // place for a test or the demo, and two runners must not share one).
     std::string control_socket = "";
+    // metrics.listen and metrics.per_user; empty: no metrics endpoint.
+    std::string metrics_listen = "";
+    bool metrics_per_user = true;
     // Appended to the config file as it is: more sections (generator:,
     // hooks:, ...).
     std::string more_yaml = "";

@@ -51,12 +51,6 @@ std::string BinDir() {
   return dir;
 }
 
-// The last `max` bytes of a log, for error messages.
-std::string Tail(const std::string& text, size_t max = 3000) {
-  if (text.size() <= max) return text;
-  return "..." + text.substr(text.size() - max);
-}
-
 std::string PercentEncode(const std::string& text) {
   static const char kHex[] = "0123456789ABCDEF";
   std::string out;

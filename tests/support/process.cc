@@ -250,4 +250,9 @@ std::string ReadFile(const std::string& path) {
   return content.str();
 }
 
+std::string Tail(const std::string& text, size_t max) {
+  if (text.size() <= max) return text;
+  return "..." + text.substr(text.size() - max);
+}
+
 }  // namespace boxmeter::testing

@@ -78,6 +78,10 @@ bool WaitUntil(Condition condition, std::chrono::milliseconds timeout,
 // The file's content, or "" if it cannot be read (for log assertions).
 std::string ReadFile(const std::string& path);
 
+// The last `max` bytes of `text` (a log), marked "..." when cut, for
+// failure messages.
+std::string Tail(const std::string& text, size_t max = 3000);
+
 }  // namespace boxmeter::testing
 
 #include "process_inl.h"  // WaitUntil

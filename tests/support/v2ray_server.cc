@@ -25,11 +25,6 @@ constexpr auto kStopTimeout = std::chrono::seconds(10);
 constexpr auto kCallTimeout = std::chrono::seconds(3);
 constexpr int kStartAttempts = 3;  // a "free" port can be taken meanwhile
 
-std::string Tail(const std::string& text, size_t max = 2000) {
-  if (text.size() <= max) return text;
-  return "..." + text.substr(text.size() - max);
-}
-
 // A fresh channel per call: after a restart of v2ray an old channel may sit
 // in its reconnect backoff, and the tests want the server's answer now.
 std::unique_ptr<stats::StatsService::Stub> NewStub(const std::string& address) {
@@ -241,8 +236,9 @@ uint32_t V2RayServer::Uptime() {
 }
 
 std::string V2RayServer::LogTail() const {
-  return "--- v2ray.out\n" + Tail(ReadFile(dir_->path() + "/v2ray.out")) +
-         "\n--- error.log\n" + Tail(ReadFile(dir_->path() + "/error.log"));
+  return "--- v2ray.out\n" + Tail(ReadFile(dir_->path() + "/v2ray.out"), 2000) +
+         "\n--- error.log\n" +
+         Tail(ReadFile(dir_->path() + "/error.log"), 2000);
 }
 
 }  // namespace boxmeter::testing

@@ -7,6 +7,8 @@
 #   boxmeter_owner  owns the database and its public schema: runs --migrate
 #   boxmeter_meter  IN ROLE boxmeter_collector: the collector
 #   boxmeter_gen    IN ROLE boxmeter_generator: boxmeter-gen
+#   boxmeter_grafana  IN ROLE boxmeter_readonly: Grafana's dashboards (only
+#                   when the file has its line: secrets made before it)
 # The passwords come from the secret file boxmeter-logins ("LOGIN PASSWORD"
 # lines, made by make-secrets.sh), never from the environment.
 set -eu
@@ -24,6 +26,7 @@ password_of() {
 owner=$(password_of boxmeter_owner)
 meter=$(password_of boxmeter_meter)
 gen=$(password_of boxmeter_gen)
+grafana=$(password_of boxmeter_grafana 2>/dev/null || true)
 
 psql -v ON_ERROR_STOP=1 -X -q --username "${POSTGRES_USER:-postgres}" \
   --dbname "$db" -v db="$db" -v owner="$owner" -v meter="$meter" \
@@ -38,4 +41,10 @@ CREATE ROLE boxmeter_gen LOGIN PASSWORD :'gen' IN ROLE boxmeter_generator;
 ALTER DATABASE :"db" OWNER TO boxmeter_owner;
 ALTER SCHEMA public OWNER TO boxmeter_owner;
 SQL
-echo "boxmeter-roles.sh: made boxmeter_owner, boxmeter_meter and boxmeter_gen in $db" >&2
+if [ -n "$grafana" ]; then
+  psql -v ON_ERROR_STOP=1 -X -q --username "${POSTGRES_USER:-postgres}" \
+    --dbname "$db" -v grafana="$grafana" <<'SQL'
+CREATE ROLE boxmeter_grafana LOGIN PASSWORD :'grafana' IN ROLE boxmeter_readonly;
+SQL
+fi
+echo "boxmeter-roles.sh: made boxmeter_owner, boxmeter_meter, boxmeter_gen${grafana:+ and boxmeter_grafana} in $db" >&2
