@@ -1,0 +1,193 @@
+// Quota periods, online and on-hold users and node multipliers
+// (schema/0009_quota_periods.sql onwards) against a real PostgreSQL: the
+// pure period function at fixed instants (a DST change, month ends, a
+// half-hour time zone), the errors, and the rollover as a collector's
+// login commits.
+#include <gtest/gtest.h>
+
+#include "sql_fixture.h"
+
+namespace boxmeter {
+namespace {
+
+using testing::SqlError;
+using testing::SqlTest;
+using testing::Traffic;
+
+constexpr CounterKind kUser = CounterKind::kUser;
+
+// Checks that `error` is `sqlstate` and that its message contains each of
+// `parts`.
+void ExpectError(const SqlError& error, const std::string& sqlstate,
+                 std::initializer_list<std::string> parts) {
+  EXPECT_EQ(error.sqlstate, sqlstate) << error.message;
+  for (const std::string& part : parts) {
+    EXPECT_NE(error.message.find(part), std::string::npos)
+        << "missing '" << part << "' in: " << error.message;
+  }
+}
+
+class SqlQuotaTest : public SqlTest {
+ protected:
+  // "start|end" of quota_period(args) at `at` (UTC session).
+  std::string Period(const std::string& at, const std::string& args) {
+    return Query("SELECT period_start, period_end FROM quota_period(" + args +
+                 ", at => '" + at + "')");
+  }
+};
+
+TEST_F(SqlQuotaTest, PeriodsFollowTheCalendarOfTheirTimeZone) {
+  // Monthly on the 1st in Tehran (+03:30, no DST since 2022): 00:00 there.
+  EXPECT_EQ(Period("2026-11-30 20:29:59+00",
+                   "'monthly', day => 1, time_zone => 'Asia/Tehran'"),
+            "2026-10-31 20:30:00+00|2026-11-30 20:30:00+00");
+  EXPECT_EQ(Period("2026-11-30 20:30:00+00",
+                   "'monthly', day => 1, time_zone => 'Asia/Tehran'"),
+            "2026-11-30 20:30:00+00|2026-12-31 20:30:00+00");
+  // The 31st is the month's last day: February (leap or not), April.
+  EXPECT_EQ(Period("2027-02-15 00:00+00", "'monthly', day => 31"),
+            "2027-01-31 00:00:00+00|2027-02-28 00:00:00+00");
+  EXPECT_EQ(Period("2028-03-15 00:00+00", "'monthly', day => 31"),
+            "2028-02-29 00:00:00+00|2028-03-31 00:00:00+00");
+  EXPECT_EQ(Period("2027-04-30 12:00+00", "'monthly', day => 31"),
+            "2027-04-30 00:00:00+00|2027-05-31 00:00:00+00");
+  // Daily in Berlin across both DST changes of 2026: days of 23 and 25 h.
+  EXPECT_EQ(Period("2026-03-29 12:00+00",
+                   "'daily', time_zone => 'Europe/Berlin'"),
+            "2026-03-28 23:00:00+00|2026-03-29 22:00:00+00");
+  EXPECT_EQ(Period("2026-10-25 12:00+00",
+                   "'daily', time_zone => 'Europe/Berlin'"),
+            "2026-10-24 22:00:00+00|2026-10-25 23:00:00+00");
+  // Weekly on Mondays (2026-11-27 is a Friday); yearly on 29 February.
+  EXPECT_EQ(Period("2026-11-27 12:00+00", "'weekly', day => 1"),
+            "2026-11-23 00:00:00+00|2026-11-30 00:00:00+00");
+  EXPECT_EQ(Period("2027-03-01 00:00+00", "'yearly', day => 29, month => 2"),
+            "2027-02-28 00:00:00+00|2028-02-29 00:00:00+00");
+  // Rolling keeps the anchor's local time of day across a DST change: 10:00
+  // in Berlin is 09:00 UTC in winter, 08:00 in summer.
+  EXPECT_EQ(Period("2026-03-30 12:00+00",
+                   "'rolling', every_days => 1, time_zone => 'Europe/Berlin', "
+                   "anchor => '2026-03-01 10:00+01'"),
+            "2026-03-30 08:00:00+00|2026-03-31 08:00:00+00");
+  EXPECT_EQ(Period("2026-03-20 12:00+00",
+                   "'rolling', every_days => 30, anchor => '2026-03-01 10:00'"),
+            "2026-03-01 10:00:00+00|2026-03-31 10:00:00+00");
+  // A boundary at 02:30, a time 29 March skips in Berlin: the instant is
+  // still inside its period.
+  EXPECT_EQ(Period("2026-03-29 01:15+00",
+                   "'rolling', every_days => 1, time_zone => 'Europe/Berlin', "
+                   "anchor => '2026-03-01 02:30+01'"),
+            "2026-03-28 01:30:00+00|2026-03-29 01:30:00+00");
+  // none has no period; the database-wide zone is the default.
+  EXPECT_EQ(Period("2026-03-29 12:00+00", "'none'"), "|");
+  Query("SELECT set_default_time_zone('America/New_York')");
+  EXPECT_EQ(Period("2026-11-27 12:00+00", "'daily'"),
+            "2026-11-27 05:00:00+00|2026-11-28 05:00:00+00");
+}
+
+TEST_F(SqlQuotaTest, BadResetSettingsAreRefusedNamingTheValue) {
+  Query("SELECT add_user('alice')");
+  ExpectError(Error("SELECT set_quota_reset('alice', 'montly')"), "22023",
+              {"set_quota_reset (user 'alice')", "'montly'",
+               "none, daily, weekly, monthly, yearly, rolling", "HINT"});
+  ExpectError(Error("SELECT set_quota_reset('alice', 'weekly', day => 0)"),
+              "22023", {"reset_day 1 (Monday) to 7 (Sunday), not 0"});
+  ExpectError(Error("SELECT set_quota_reset('alice', 'monthly')"), "22023",
+              {"monthly needs reset_day 1 to 31", "not NULL"});
+  ExpectError(Error("SELECT set_quota_reset('alice', 'monthly', day => 32)"),
+              "22023", {"not 32"});
+  ExpectError(
+      Error("SELECT set_quota_reset('alice', 'yearly', day => 31, month => 4)"),
+      "22023", {"month 4 has (1 to 30), not 31"});
+  ExpectError(Error("SELECT set_quota_reset('alice', 'rolling', "
+                    "every_days => 30)"),
+              "22023", {"rolling needs reset_anchor", "not NULL"});
+  ExpectError(Error("SELECT set_quota_reset('alice', 'daily', day => 3)"),
+              "22023", {"daily takes no reset_day (got 3)"});
+  ExpectError(Error("SELECT set_quota_reset('alice', 'daily', "
+                    "time_zone => 'Asia/Teheran')"),
+              "22023",
+              {"time zone 'Asia/Teheran' is not a time zone PostgreSQL knows",
+               "pg_timezone_names"});
+  // PostgreSQL would read 'UTC+3' as three hours west of UTC.
+  ExpectError(Error("SELECT set_quota_reset('alice', 'daily', "
+                    "time_zone => 'UTC+3')"),
+              "22023", {"'UTC+3' is an offset or a POSIX rule"});
+  ExpectError(Error("SELECT set_default_time_zone('+03:30')"), "22023",
+              {"set_default_time_zone", "'+03:30'"});
+  // Whatever writes the row: the trigger names the user.
+  ExpectError(Error("UPDATE users SET reset_strategy = 'hourly'"), "22023",
+              {"UPDATE on users (user 'alice')", "'hourly'"});
+  ExpectError(Error("UPDATE users SET time_zone = 'Nowhere/City'"), "22023",
+              {"'Nowhere/City'"});
+  EXPECT_EQ(Query("SELECT reset_strategy, period_end FROM users"), "none|");
+}
+
+TEST_F(SqlQuotaTest, AnOverQuotaUserIsBackAtTheBoundaryWithoutAnyJob) {
+  const std::string meter = "meter_" + database();
+  const std::string operator_role = "operator_" + database();
+  Query("CREATE ROLE " + meter + " LOGIN IN ROLE boxmeter_collector; " +
+        "CREATE ROLE " + operator_role + " LOGIN IN ROLE boxmeter_operator; " +
+        "SELECT grant_node('edge-1', '" + meter +
+        "'); "
+        "INSERT INTO inbounds (node, tag, type, listen_port) "
+        "VALUES ('edge-1', 'vless-in', 'vless', 443); "
+        "SELECT add_user('alice', 1000), add_user('bob'); "
+        "SELECT link_user('alice', 'edge-1', 'vless-in'), "
+        "       link_user('bob', 'edge-1', 'vless-in');");
+  testing::Meter collector(Url(meter), "edge-1");
+  collector.Commit({{kUser, "alice", 600, 600}}, DayMs(0));
+  // The operator sets a daily reset in Tehran; the usage so far stays.
+  EXPECT_EQ(Query("SELECT state, used_bytes, reset_strategy, time_zone, "
+                  "next_reset = period_end, next_reset > now() "
+                  "FROM set_quota_reset('alice', 'daily', "
+                  "time_zone => 'Asia/Tehran')",
+                  operator_role),
+            "over_quota|1200|daily|Asia/Tehran|t|t");
+  std::string before = Query("SELECT users_fingerprint('edge-1')");
+
+  // The row as it is once today's boundary has passed: her period started
+  // yesterday (or earlier) and ended at today's 00:00 Tehran. With no
+  // commit and no job, alice is in a new period with nothing used, and the
+  // fingerprint the collector polls moves.
+  Query(
+      "UPDATE users SET period_start = now() - interval '2 days', "
+      "period_end = (SELECT period_start FROM quota_period('daily', now(), "
+      "time_zone => 'Asia/Tehran')) WHERE name = 'alice'");
+  EXPECT_EQ(Query("SELECT state, used_bytes, period_start < now(), "
+                  "period_end > now() FROM user_quota_status "
+                  "WHERE name = 'alice'"),
+            "active|0|t|t");
+  EXPECT_EQ(Query("SELECT user_name FROM node_inbound_users ORDER BY 1"),
+            "alice\nbob");
+  EXPECT_NE(Query("SELECT users_fingerprint('edge-1')"), before);
+
+  // The collector's next commit (as its own login, which may read no user)
+  // rolls her over before adding its traffic: the ended period keeps its
+  // 1200 bytes, the new one has only this commit's.
+  collector.Commit({{kUser, "alice", 50, 50}, {kUser, "bob", 7, 0}},
+                   DayMs(0));
+  EXPECT_EQ(Query("SELECT used_bytes, ended_by FROM quota_periods"),
+            "1200|rollover");
+  EXPECT_EQ(Query("SELECT name, used_bytes, ended_by FROM user_quota_periods "
+                  "ORDER BY name, period_start",
+                  operator_role),
+            "alice|1200|rollover\nalice|100|current\nbob|7|current");
+  EXPECT_EQ(Query("SELECT state, used_bytes, lifetime_bytes, "
+                  "period_start = (SELECT period_end FROM quota_periods) "
+                  "FROM user_quota_status WHERE name = 'alice'"),
+            "active|100|1300|t");
+  EXPECT_EQ(Error("SELECT * FROM quota_periods", meter).sqlstate, "42501");
+
+  // reset_usage ends the current period early and records it.
+  Query("SELECT reset_usage('alice')", operator_role);
+  EXPECT_EQ(Query("SELECT used_bytes, ended_by FROM quota_periods "
+                  "ORDER BY period_start"),
+            "1200|rollover\n100|reset");
+  EXPECT_EQ(Query("SELECT used_bytes FROM user_quota_status "
+                  "WHERE name = 'alice'"),
+            "0");
+}
+
+}  // namespace
+}  // namespace boxmeter
