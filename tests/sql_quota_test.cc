@@ -52,12 +52,12 @@ TEST_F(SqlQuotaTest, PeriodsFollowTheCalendarOfTheirTimeZone) {
   EXPECT_EQ(Period("2027-04-30 12:00+00", "'monthly', day => 31"),
             "2027-04-30 00:00:00+00|2027-05-31 00:00:00+00");
   // Daily in Berlin across both DST changes of 2026: days of 23 and 25 h.
-  EXPECT_EQ(Period("2026-03-29 12:00+00",
-                   "'daily', time_zone => 'Europe/Berlin'"),
-            "2026-03-28 23:00:00+00|2026-03-29 22:00:00+00");
-  EXPECT_EQ(Period("2026-10-25 12:00+00",
-                   "'daily', time_zone => 'Europe/Berlin'"),
-            "2026-10-24 22:00:00+00|2026-10-25 23:00:00+00");
+  EXPECT_EQ(
+      Period("2026-03-29 12:00+00", "'daily', time_zone => 'Europe/Berlin'"),
+      "2026-03-28 23:00:00+00|2026-03-29 22:00:00+00");
+  EXPECT_EQ(
+      Period("2026-10-25 12:00+00", "'daily', time_zone => 'Europe/Berlin'"),
+      "2026-10-24 22:00:00+00|2026-10-25 23:00:00+00");
   // Weekly on Mondays (2026-11-27 is a Friday); yearly on 29 February.
   EXPECT_EQ(Period("2026-11-27 12:00+00", "'weekly', day => 1"),
             "2026-11-23 00:00:00+00|2026-11-30 00:00:00+00");
@@ -165,8 +165,7 @@ TEST_F(SqlQuotaTest, AnOverQuotaUserIsBackAtTheBoundaryWithoutAnyJob) {
   // The collector's next commit (as its own login, which may read no user)
   // rolls her over before adding its traffic: the ended period keeps its
   // 1200 bytes, the new one has only this commit's.
-  collector.Commit({{kUser, "alice", 50, 50}, {kUser, "bob", 7, 0}},
-                   DayMs(0));
+  collector.Commit({{kUser, "alice", 50, 50}, {kUser, "bob", 7, 0}}, DayMs(0));
   EXPECT_EQ(Query("SELECT used_bytes, ended_by FROM quota_periods"),
             "1200|rollover");
   EXPECT_EQ(Query("SELECT name, used_bytes, ended_by FROM user_quota_periods "
