@@ -188,5 +188,69 @@ TEST_F(SqlQuotaTest, AnOverQuotaUserIsBackAtTheBoundaryWithoutAnyJob) {
             "0");
 }
 
+TEST_F(SqlQuotaTest, FirstUseOnlineAndOnHold) {
+  const std::string operator_role = "operator_" + database();
+  const std::string grafana = "grafana_" + database();
+  Query("CREATE ROLE " + operator_role + " LOGIN IN ROLE boxmeter_operator; " +
+        "CREATE ROLE " + grafana + " LOGIN IN ROLE boxmeter_readonly; " +
+        "SELECT add_user('alice'), add_user('bob'), add_user('carol'), "
+        "add_user('dave', expires_at => now() + interval '1 day')");
+  // alice: 30 days from her first byte, unless unused for a week. carol's
+  // deadline has passed unused.
+  EXPECT_EQ(Query("SELECT on_hold, expires_at = activate_by, first_seen "
+                  "FROM set_on_hold('alice', interval '30 days', "
+                  "activate_by => now() + interval '7 days')",
+                  operator_role),
+            "t|t|");
+  Query("SELECT set_on_hold('carol', interval '1 day', "
+        "activate_by => now() - interval '1 second')");
+  EXPECT_EQ(Query("SELECT name, state, on_hold, online FROM user_quota_status "
+                  "ORDER BY name"),
+            "alice|no_inbound|t|f\nbob|no_inbound|f|f\n"
+            "carol|expired|t|f\ndave|no_inbound|f|f");
+
+  meter("edge-1").Commit({{kUser, "alice", 10, 20}}, DayMs(0));
+  meter("edge-2").Commit({{kUser, "alice", 1, 1}, {kUser, "bob", 5, 5}},
+                         DayMs(0));
+  EXPECT_EQ(Query("SELECT on_hold, first_seen <= last_seen, "
+                  "expires_at = first_seen + interval '30 days', online "
+                  "FROM user_quota_status WHERE name = 'alice'"),
+            "f|t|t|t");
+  EXPECT_EQ(Query("SELECT name, node FROM online_users ORDER BY 1, 2",
+                  grafana),
+            "alice|edge-1\nalice|edge-2\nbob|edge-2");
+  // The window is database-wide; bob's last traffic is older than 1 µs.
+  Query("SELECT set_online_window(interval '1 microsecond')", operator_role);
+  EXPECT_EQ(Query("SELECT count(*) FROM online_users"), "0");
+  EXPECT_EQ(Query("SELECT online FROM user_quota_status WHERE name = 'bob'"),
+            "f");
+
+  // Off hold, alice keeps the expiry she has started as a fixed one.
+  EXPECT_EQ(Query("SELECT on_hold, expires_at = first_seen + interval "
+                  "'30 days', on_hold_for FROM clear_on_hold('alice')"),
+            "f|t|");
+  EXPECT_EQ(Query("SELECT expires_at IS NOT NULL FROM users "
+                  "WHERE name = 'alice'"),
+            "t");
+
+  ExpectError(Error("SELECT set_on_hold('bob', interval '-1 day')"), "22023",
+              {"set_on_hold", "'-1 days'", "user 'bob'", "positive"});
+  ExpectError(Error("SELECT set_expiry('carol', now())"), "22023",
+              {"user 'carol'", "on-hold", "clear_on_hold('carol')"});
+  ExpectError(Error("UPDATE users SET activate_by = now() "
+                    "WHERE name = 'dave'"),
+              "22023", {"user 'dave'", "activate_by", "needs on_hold_for"});
+  ExpectError(Error("SELECT set_online_window(interval '0')"), "22023",
+              {"set_online_window", "'00:00:00'", "poll.interval"});
+
+  // A new user under a name whose history was kept has not started.
+  Query("SELECT delete_user('bob', keep_history => true); "
+        "SELECT add_user('bob'); "
+        "SELECT set_on_hold('bob', interval '1 day')");
+  EXPECT_EQ(Query("SELECT on_hold, first_seen, last_seen FROM "
+                  "user_quota_status WHERE name = 'bob'"),
+            "t||");
+}
+
 }  // namespace
 }  // namespace boxmeter
