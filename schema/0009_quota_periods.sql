@@ -434,6 +434,17 @@ CREATE TABLE quota_periods (
   PRIMARY KEY (user_id, period_start)
 );
 
+-- What a user's quota usage is measured against: their lifetime traffic
+-- (0011 weighs it by node multipliers). usage_offset is this value at the
+-- start of the current period.
+CREATE FUNCTION boxmeter_user_usage_lifetime(user_id bigint, user_name text)
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path FROM CURRENT
+AS $usage_lifetime$
+SELECT boxmeter_user_lifetime($1, $2)
+$usage_lifetime$;
+
 -- Moves locked user `u` into the period containing `at` if its period has
 -- ended: records the ended period, and starts counting from the lifetime
 -- as it is now. Called before the traffic of a commit made at `at` is
@@ -450,7 +461,7 @@ BEGIN
   IF u.period_end IS NULL OR u.period_end > at THEN
     RETURN false;
   END IF;
-  lifetime := boxmeter_user_lifetime(u.id, u.name);
+  lifetime := boxmeter_user_usage_lifetime(u.id, u.name);
   next := boxmeter_user_period(u, at);
   INSERT INTO quota_periods (user_id, period_start, period_end, used_bytes,
                              ended_by)
@@ -674,7 +685,7 @@ BEGIN
   IF boxmeter_roll_user(the_user, now()) THEN
     SELECT * INTO the_user FROM users u WHERE u.id = the_user.id;
   END IF;
-  lifetime := boxmeter_user_lifetime(the_user.id, the_user.name);
+  lifetime := boxmeter_user_usage_lifetime(the_user.id, the_user.name);
   INSERT INTO quota_periods AS p (user_id, period_start, period_end,
                                   used_bytes, ended_by)
   VALUES (the_user.id, the_user.period_start, now(),

@@ -185,15 +185,16 @@ SELECT id, name, enabled, quota_bytes, used_bytes,
   FROM users_with_state;
 
 -- Users with traffic in the online window, per node they used: one row per
--- user and node. Reads every user counter (last_seen has no index: it
--- changes with every commit, and an index would make those updates
--- non-HOT).
+-- user and node (a renamed user's old and new name are one). Reads every
+-- user counter (last_seen has no index: it changes with every commit, and
+-- an index would make those updates non-HOT).
 CREATE VIEW online_users AS
-SELECT c.user_name AS name, c.node, c.last_seen
+SELECT c.user_name AS name, c.node, max(c.last_seen) AS last_seen
   FROM boxmeter_user_counters c
   JOIN users u ON u.name = c.user_name
  WHERE c.last_seen >= now() - boxmeter_online_window()
-   AND c.last_seen >= u.created_at;
+   AND c.last_seen >= u.created_at
+ GROUP BY c.user_name, c.node;
 
 -- Puts a user on hold: they expire `duration` after their first traffic,
 -- or unused at activate_by (NULL: never). Their expires_at is cleared. A

@@ -252,5 +252,50 @@ TEST_F(SqlQuotaTest, FirstUseOnlineAndOnHold) {
             "t||");
 }
 
+TEST_F(SqlQuotaTest, NodeMultipliersWeighQuotaUsageNeverTheTotals) {
+  const std::string operator_role = "operator_" + database();
+  Query("CREATE ROLE " + operator_role + " LOGIN IN ROLE boxmeter_operator; " +
+        "SELECT add_user('alice', 10000)");
+  meter("edge-1").Commit({{kUser, "alice", 500, 500}}, DayMs(0));
+  meter("edge-2").Commit({{kUser, "alice", 500, 500}}, DayMs(0));
+  // edge-2 counts double from now on: what alice used there so far does
+  // not change.
+  EXPECT_EQ(Query("SELECT set_node_multiplier('edge-2', 2)", operator_role),
+            "node 'edge-2': quota usage counts its traffic x 2 from now on "
+            "(was x 1); the usage so far of 1 user keeps its weight");
+  auto usage = [&] {
+    return Query(
+        "SELECT used_bytes, lifetime_bytes, (SELECT total FROM user_traffic "
+        "WHERE name = 'alice') FROM user_quota_status WHERE name = 'alice'");
+  };
+  EXPECT_EQ(usage(), "2000|2000|2000");
+  meter("edge-2").Commit({{kUser, "alice", 100, 0}}, DayMs(0));
+  meter("edge-1").Commit({{kUser, "alice", 100, 0}}, DayMs(0));
+  EXPECT_EQ(usage(), "2300|2200|2200");
+  // Half from now on; the doubled 100 bytes stay doubled.
+  Query("SELECT set_node_multiplier('edge-2', 0.5)");
+  meter("edge-2").Commit({{kUser, "alice", 100, 0}}, DayMs(0));
+  EXPECT_EQ(usage(), "2350|2300|2300");
+  // A new period starts from the weighted lifetime; the ended one keeps
+  // its weighted usage.
+  EXPECT_EQ(Query("SELECT used_bytes FROM reset_usage('alice')"), "0");
+  meter("edge-1").Commit({{kUser, "alice", 100, 0}}, DayMs(0));
+  meter("edge-2").Commit({{kUser, "alice", 100, 0}}, DayMs(0));
+  EXPECT_EQ(usage(), "150|2500|2500");
+  EXPECT_EQ(Query("SELECT used_bytes FROM quota_periods"), "2350");
+  // Totals and history are never weighted.
+  EXPECT_EQ(Query("SELECT sum(total) FROM user_node_hourly"), "2500");
+
+  ExpectError(Error("SELECT set_node_multiplier('edge-2', -1)"), "22023",
+              {"set_node_multiplier", "multiplier -1 for node 'edge-2'",
+               "between 0 and 1000", "HINT"});
+  ExpectError(Error("SELECT set_node_multiplier(' edge-2', 1)"), "22023",
+              {"node name ' edge-2'"});
+  EXPECT_EQ(Error("INSERT INTO node_multipliers VALUES ('edge-1', 9)",
+                  operator_role)
+                .sqlstate,
+            "42501");
+}
+
 }  // namespace
 }  // namespace boxmeter
