@@ -476,10 +476,12 @@ BEGIN
 END
 $roll$;
 
--- Rolls over every user whose period ended by `at`, in id order (two
--- collectors committing at once lock them in the same order). Returns how
--- many. Runs as the owner: a collector's commit calls it and may read no
--- user.
+-- Rolls over every user whose period ended by `at`, as boxmeter_roll_user
+-- does, locking them in id order (two collectors committing at once lock
+-- them in the same order). Returns how many. Set-based, with each distinct
+-- rule's next period computed once: at a midnight that ends the periods of
+-- 50,000 users this is the first commit's cost. Runs as the owner: a
+-- collector's commit calls it and may read no user.
 CREATE FUNCTION boxmeter_roll_periods(at timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -487,17 +489,49 @@ SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $roll_all$
 DECLARE
-  due users;
-  rolled bigint := 0;
+  rolled bigint;
 BEGIN
-  FOR due IN SELECT * FROM users u
-              WHERE u.period_end <= at
-              ORDER BY u.id
-                FOR UPDATE LOOP
-    IF boxmeter_roll_user(due, at) THEN
-      rolled := rolled + 1;
-    END IF;
-  END LOOP;
+  WITH due AS (
+    SELECT u.id, u.name, u.period_start, u.period_end, u.usage_offset,
+           u.reset_strategy, u.reset_day, u.reset_month, u.reset_every_days,
+           u.reset_anchor,
+           coalesce(u.time_zone, boxmeter_default_time_zone()) AS zone,
+           boxmeter_user_usage_lifetime(u.id, u.name) AS lifetime
+      FROM users u
+     WHERE u.period_end <= at
+     ORDER BY u.id
+       FOR UPDATE
+  ), rules AS (
+    SELECT DISTINCT d.reset_strategy, d.reset_day, d.reset_month,
+           d.reset_every_days, d.reset_anchor, d.zone
+      FROM due d
+  ), periods AS (
+    SELECT r.*, p.period_start AS next_start, p.period_end AS next_end
+      FROM rules r
+     CROSS JOIN LATERAL boxmeter_period(r.reset_strategy, r.reset_day,
+                                        r.reset_month, r.reset_every_days,
+                                        r.reset_anchor, r.zone, at) AS p
+  ), ended AS (
+    INSERT INTO quota_periods (user_id, period_start, period_end,
+                               used_bytes, ended_by)
+    SELECT d.id, d.period_start, d.period_end,
+           GREATEST(d.lifetime - d.usage_offset, 0), 'rollover'
+      FROM due d
+    ON CONFLICT (user_id, period_start) DO NOTHING
+  )
+  UPDATE users u
+     SET usage_offset = d.lifetime, period_start = p.next_start,
+         period_end = p.next_end
+    FROM due d
+    JOIN periods p
+      ON p.reset_strategy = d.reset_strategy
+     AND p.reset_day IS NOT DISTINCT FROM d.reset_day
+     AND p.reset_month IS NOT DISTINCT FROM d.reset_month
+     AND p.reset_every_days IS NOT DISTINCT FROM d.reset_every_days
+     AND p.reset_anchor IS NOT DISTINCT FROM d.reset_anchor
+     AND p.zone = d.zone
+   WHERE u.id = d.id;
+  GET DIAGNOSTICS rolled = ROW_COUNT;
   RETURN rolled;
 END
 $roll_all$;

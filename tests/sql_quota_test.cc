@@ -154,6 +154,13 @@ TEST_F(SqlQuotaTest, AnOverQuotaUserIsBackAtTheBoundaryWithoutAnyJob) {
       "UPDATE users SET period_start = now() - interval '2 days', "
       "period_end = (SELECT period_start FROM quota_period('daily', now(), "
       "time_zone => 'Asia/Tehran')) WHERE name = 'alice'");
+  // bob's weekly period (Sundays, UTC) ended too: the rollover computes
+  // each rule's next period.
+  Query(
+      "SELECT set_quota_reset('bob', 'weekly', day => 7); "
+      "UPDATE users SET period_start = now() - interval '8 days', "
+      "period_end = (SELECT period_start FROM quota_period('weekly', now(), "
+      "day => 7)) WHERE name = 'bob'");
   EXPECT_EQ(Query("SELECT state, used_bytes, period_start < now(), "
                   "period_end > now() FROM user_quota_status "
                   "WHERE name = 'alice'"),
@@ -166,22 +173,32 @@ TEST_F(SqlQuotaTest, AnOverQuotaUserIsBackAtTheBoundaryWithoutAnyJob) {
   // rolls her over before adding its traffic: the ended period keeps its
   // 1200 bytes, the new one has only this commit's.
   collector.Commit({{kUser, "alice", 50, 50}, {kUser, "bob", 7, 0}}, DayMs(0));
-  EXPECT_EQ(Query("SELECT used_bytes, ended_by FROM quota_periods"),
-            "1200|rollover");
+  EXPECT_EQ(Query("SELECT u.name, p.used_bytes, p.ended_by "
+                  "FROM quota_periods p JOIN users u ON u.id = p.user_id "
+                  "ORDER BY 1"),
+            "alice|1200|rollover\nbob|0|rollover");
+  EXPECT_EQ(Query("SELECT u.name, u.period_start = q.period_start, "
+                  "u.period_end = q.period_end FROM users u, "
+                  "quota_period(u.reset_strategy, now(), day => u.reset_day, "
+                  "time_zone => u.time_zone) AS q ORDER BY 1"),
+            "alice|t|t\nbob|t|t");
   EXPECT_EQ(Query("SELECT name, used_bytes, ended_by FROM user_quota_periods "
                   "ORDER BY name, period_start",
                   operator_role),
-            "alice|1200|rollover\nalice|100|current\nbob|7|current");
+            "alice|1200|rollover\nalice|100|current\nbob|0|rollover\n"
+            "bob|7|current");
   EXPECT_EQ(Query("SELECT state, used_bytes, lifetime_bytes, "
-                  "period_start = (SELECT period_end FROM quota_periods) "
-                  "FROM user_quota_status WHERE name = 'alice'"),
+                  "period_start = (SELECT p.period_end FROM quota_periods p "
+                  "WHERE p.user_id = s.id) "
+                  "FROM user_quota_status s WHERE name = 'alice'"),
             "active|100|1300|t");
   EXPECT_EQ(Error("SELECT * FROM quota_periods", meter).sqlstate, "42501");
 
   // reset_usage ends the current period early and records it.
   Query("SELECT reset_usage('alice')", operator_role);
-  EXPECT_EQ(Query("SELECT used_bytes, ended_by FROM quota_periods "
-                  "ORDER BY period_start"),
+  EXPECT_EQ(Query("SELECT p.used_bytes, p.ended_by FROM quota_periods p "
+                  "JOIN users u ON u.id = p.user_id WHERE u.name = 'alice' "
+                  "ORDER BY p.period_start"),
             "1200|rollover\n100|reset");
   EXPECT_EQ(Query("SELECT used_bytes FROM user_quota_status "
                   "WHERE name = 'alice'"),
@@ -202,8 +219,9 @@ TEST_F(SqlQuotaTest, FirstUseOnlineAndOnHold) {
                   "activate_by => now() + interval '7 days')",
                   operator_role),
             "t|t|");
-  Query("SELECT set_on_hold('carol', interval '1 day', "
-        "activate_by => now() - interval '1 second')");
+  Query(
+      "SELECT set_on_hold('carol', interval '1 day', "
+      "activate_by => now() - interval '1 second')");
   EXPECT_EQ(Query("SELECT name, state, on_hold, online FROM user_quota_status "
                   "ORDER BY name"),
             "alice|no_inbound|t|f\nbob|no_inbound|f|f\n"
@@ -216,8 +234,7 @@ TEST_F(SqlQuotaTest, FirstUseOnlineAndOnHold) {
                   "expires_at = first_seen + interval '30 days', online "
                   "FROM user_quota_status WHERE name = 'alice'"),
             "f|t|t|t");
-  EXPECT_EQ(Query("SELECT name, node FROM online_users ORDER BY 1, 2",
-                  grafana),
+  EXPECT_EQ(Query("SELECT name, node FROM online_users ORDER BY 1, 2", grafana),
             "alice|edge-1\nalice|edge-2\nbob|edge-2");
   // The window is database-wide; bob's last traffic is older than 1 µs.
   Query("SELECT set_online_window(interval '1 microsecond')", operator_role);
@@ -244,9 +261,10 @@ TEST_F(SqlQuotaTest, FirstUseOnlineAndOnHold) {
               {"set_online_window", "'00:00:00'", "poll.interval"});
 
   // A new user under a name whose history was kept has not started.
-  Query("SELECT delete_user('bob', keep_history => true); "
-        "SELECT add_user('bob'); "
-        "SELECT set_on_hold('bob', interval '1 day')");
+  Query(
+      "SELECT delete_user('bob', keep_history => true); "
+      "SELECT add_user('bob'); "
+      "SELECT set_on_hold('bob', interval '1 day')");
   EXPECT_EQ(Query("SELECT on_hold, first_seen, last_seen FROM "
                   "user_quota_status WHERE name = 'bob'"),
             "t||");
@@ -291,10 +309,10 @@ TEST_F(SqlQuotaTest, NodeMultipliersWeighQuotaUsageNeverTheTotals) {
                "between 0 and 1000", "HINT"});
   ExpectError(Error("SELECT set_node_multiplier(' edge-2', 1)"), "22023",
               {"node name ' edge-2'"});
-  EXPECT_EQ(Error("INSERT INTO node_multipliers VALUES ('edge-1', 9)",
-                  operator_role)
-                .sqlstate,
-            "42501");
+  EXPECT_EQ(
+      Error("INSERT INTO node_multipliers VALUES ('edge-1', 9)", operator_role)
+          .sqlstate,
+      "42501");
 }
 
 }  // namespace
