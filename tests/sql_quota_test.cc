@@ -315,5 +315,54 @@ TEST_F(SqlQuotaTest, NodeMultipliersWeighQuotaUsageNeverTheTotals) {
       "42501");
 }
 
+TEST_F(SqlQuotaTest, UsageEventsAreRecordedOncePerPeriodInTheCommit) {
+  const std::string meter = "meter_" + database();
+  const std::string operator_role = "operator_" + database();
+  Query("CREATE ROLE " + meter + " LOGIN IN ROLE boxmeter_collector; " +
+        "CREATE ROLE " + operator_role + " LOGIN IN ROLE boxmeter_operator; " +
+        "SELECT grant_node('edge-1', '" + meter +
+        "'); "
+        "SELECT add_user('alice', 1000), add_user('bob');");
+  EXPECT_EQ(Query("SELECT set_usage_events(true)", operator_role),
+            "usage events are recorded from the next commit on");
+  testing::Meter collector(Url(meter), "edge-1");
+  auto events = [&] {
+    return Query(
+        "SELECT user_name, kind, threshold, used_bytes FROM usage_events "
+        "ORDER BY id");
+  };
+  collector.Commit({{kUser, "alice", 250, 250}}, DayMs(0));
+  EXPECT_EQ(events(), "alice|first_traffic|0|500");
+  // 850 of 1000 crosses 80%; 900 crosses nothing; 1100 reaches the quota.
+  collector.Commit({{kUser, "alice", 350, 0}}, DayMs(0));
+  collector.Commit({{kUser, "alice", 50, 0}}, DayMs(0));
+  collector.Commit({{kUser, "alice", 200, 0}, {kUser, "bob", 1, 0}}, DayMs(0));
+  EXPECT_EQ(events(),
+            "alice|first_traffic|0|500\nalice|threshold|80|850\n"
+            "alice|quota_reached|100|1100\nbob|first_traffic|0|1");
+  EXPECT_EQ(Query("SELECT event->>'kind', event->>'user', event->>'threshold' "
+                  "FROM usage_event_json WHERE id = 2",
+                  operator_role),
+            "threshold|alice|80");
+
+  // Her period ends; the commit that rolls her over records that she is
+  // back, and the thresholds count again in the new period.
+  Query(
+      "SELECT set_quota_reset('alice', 'daily'); "
+      "UPDATE users SET period_start = now() - interval '2 days', "
+      "period_end = (SELECT period_start FROM quota_period('daily', "
+      "now())) WHERE name = 'alice'");
+  collector.Commit({{kUser, "alice", 900, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT kind, threshold, used_bytes FROM usage_events "
+                  "WHERE id > 4 ORDER BY id"),
+            "quota_reset|0|0\nthreshold|80|900");
+
+  // Off: commits record nothing more.
+  Query("SELECT set_usage_events(false)", operator_role);
+  collector.Commit({{kUser, "alice", 200, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT count(*) FROM usage_events"), "6");
+  EXPECT_EQ(Error("SELECT * FROM usage_events", meter).sqlstate, "42501");
+}
+
 }  // namespace
 }  // namespace boxmeter
