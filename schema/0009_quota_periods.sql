@@ -108,10 +108,13 @@ CREATE TRIGGER boxmeter_settings_rules
   BEFORE INSERT OR UPDATE ON boxmeter_settings
   FOR EACH ROW EXECUTE FUNCTION boxmeter_settings_rules();
 
--- The database-wide time zone.
+-- The database-wide time zone. Runs as the owner: the views call it for
+-- whoever reads them (boxmeter-gen's login included), and the setting is
+-- no secret.
 CREATE FUNCTION boxmeter_default_time_zone()
 RETURNS text
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $zone$
 SELECT coalesce((SELECT s.time_zone FROM boxmeter_settings s), 'UTC')

@@ -93,9 +93,11 @@ CREATE TRIGGER users_rules_on_hold
   BEFORE INSERT OR UPDATE OF on_hold_for, activate_by, expires_at ON users
   FOR EACH ROW EXECUTE FUNCTION boxmeter_users_on_hold_rules();
 
+-- Runs as the owner, as boxmeter_default_time_zone (0009).
 CREATE FUNCTION boxmeter_online_window()
 RETURNS interval
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $window$
 SELECT coalesce((SELECT s.online_window FROM boxmeter_settings s),

@@ -165,8 +165,21 @@ TEST_F(SqlQuotaTest, AnOverQuotaUserIsBackAtTheBoundaryWithoutAnyJob) {
                   "period_end > now() FROM user_quota_status "
                   "WHERE name = 'alice'"),
             "active|0|t|t");
-  EXPECT_EQ(Query("SELECT user_name FROM node_inbound_users ORDER BY 1"),
+  // boxmeter-gen's login and a dashboard's see the same.
+  const std::string gen = "gen_" + database();
+  const std::string grafana = "grafana_" + database();
+  Query("CREATE ROLE " + gen + " LOGIN IN ROLE boxmeter_generator; " +
+        "CREATE ROLE " + grafana + " LOGIN IN ROLE boxmeter_readonly");
+  EXPECT_EQ(Query("SELECT user_name FROM node_inbound_users ORDER BY 1", gen),
             "alice\nbob");
+  EXPECT_EQ(Query("SELECT period_end > now(), time_zone FROM "
+                  "user_quota_status WHERE name = 'bob'",
+                  gen),
+            "t|UTC");
+  EXPECT_EQ(Query("SELECT state, used_bytes, time_zone, online FROM "
+                  "user_quota_status WHERE name = 'alice'",
+                  grafana),
+            "active|0|Asia/Tehran|t");
   EXPECT_NE(Query("SELECT users_fingerprint('edge-1')"), before);
 
   // The collector's next commit (as its own login, which may read no user)
