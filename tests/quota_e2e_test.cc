@@ -429,8 +429,9 @@ TEST_F(QuotaLoopV2RayTest, PeriodBoundaryBringsAnOverQuotaUserBackInOnePoll) {
       kWait, 50ms))
       << Tail(ReadFile(log_));
   // The first change the collector noticed after the boundary, from its
-  // log: one poll interval (200 ms) plus the fingerprint's query, with
-  // slack for a loaded machine; never before the boundary.
+  // log: one poll interval (200 ms; 182 ms measured) plus the fingerprint's
+  // query, with slack for a loaded machine or a sanitizer build; never
+  // before the boundary.
   std::string after = ReadFile(log_);
   ASSERT_GT(CountLines(after, "the users of this node changed"),
             changes_before);
@@ -442,7 +443,7 @@ TEST_F(QuotaLoopV2RayTest, PeriodBoundaryBringsAnOverQuotaUserBackInOnePoll) {
       FirstLogLineMs(after.substr(skip), "the users of this node changed");
   int64_t delay_ms = noticed_ms - std::stoll(boundary_ms);
   EXPECT_GE(delay_ms, 0);
-  EXPECT_LT(delay_ms, 200 + 800)
+  EXPECT_LT(delay_ms, 200 + 1300)
       << "noticed " << delay_ms << " ms after the boundary";
   EXPECT_EQ(pg_->Query("quota",
                        "SELECT state, used_bytes FROM user_quota_status "
