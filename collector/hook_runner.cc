@@ -98,7 +98,7 @@ void HookRunner::UsersFingerprint(const std::string& fingerprint) {
   if (fingerprint_) {
     LogInfo(
         "the users of this node changed (a user crossed a quota or expiry, "
-        "or an operator changed users or inbounds)");
+        "a quota period began, or an operator changed users or inbounds)");
   }
   // The first one after start only requests the run at start, unless a
   // run (of a hook configured by a reload) already happened.
