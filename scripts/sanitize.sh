@@ -90,7 +90,8 @@ run_tsan() {
   local log="$root/$dir/sanitizer-logs"
   local status=0
   # The threaded parts: the poll loop with its database worker, the gRPC
-  # callbacks, the fake server, the hook runner's waiter, and the binary.
+  # callbacks, the fake server, the hook runner's waiter, the metrics
+  # endpoint's thread (CollectorMetrics*, MetricsServer*), and the binary.
   # Left out: the tests of reply size (200,000 and a million counters: TSan
   # makes them take many minutes, and ASan runs them), and the 2 MB hostile
   # counter name: gRPC copies it in its uninstrumented threads, and TSan
@@ -101,7 +102,7 @@ run_tsan() {
   # that; the plain and the ASan runs keep it).
   TSAN_OPTIONS="log_path=$log/tsan:halt_on_error=0:second_deadlock_stack=1:suppressions=$supp/tsan.supp" \
     ctest --test-dir "$dir" --output-on-failure -j"$ctest_jobs" -LE chaos \
-    -R '^(Collector|GrpcStatsSource|FakeStatsServer|HookRunner|Hostile)' \
+    -R '^(Collector|GrpcStatsSource|FakeStatsServer|HookRunner|Hostile|MetricsServer)' \
     -E '(Million|TwoHundredThousand|AHostileCounterName|ReloadStormWithRising)' \
     || status=$?
   check_logs "$dir" "TSan" || status=1
