@@ -1148,40 +1148,55 @@ size_t ValueLength(std::string_view text, size_t begin, bool in_url) {
 }
 
 // Redacts `password=…` and `sslpassword=…` (libpq's secret keywords) in
-// key=value strings and in a URL's query parameters.
+// key=value strings and in a URL's query parameters. One pass from left to
+// right that resumes after each redacted value, so that text inside a value
+// (a quoted password holding " sslpassword=x") is never taken for a key.
 void RedactPasswordParameters(std::string* text, bool in_url) {
-  for (std::string_view keyword : {"sslpassword", "password"}) {
-    size_t pos = 0;
-    while (pos < text->size()) {
-      auto lower = [](char c) {
-        return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      };
-      auto it = std::search(text->begin() + pos, text->end(), keyword.begin(),
-                            keyword.end(),
-                            [&](char a, char b) { return lower(a) == b; });
-      if (it == text->end()) break;
-      size_t start = it - text->begin();
-      size_t i = start + keyword.size();
-      pos = i;
-      char before = start == 0 ? ' ' : (*text)[start - 1];
-      bool boundary = std::isspace(static_cast<unsigned char>(before)) ||
-                      before == '?' || before == '&';
-      if (!boundary) continue;
-      // libpq allows spaces around '=' in key=value strings.
-      while (!in_url && i < text->size() &&
-             std::isspace(static_cast<unsigned char>((*text)[i]))) {
-        ++i;
+  auto lower = [](char c) {
+    return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  };
+  size_t pos = 0;
+  while (pos < text->size()) {
+    // The earliest keyword at a boundary; "sslpassword" first, since its
+    // "password" has no boundary before it.
+    size_t start = std::string::npos;
+    size_t keyword_size = 0;
+    for (std::string_view keyword : {"sslpassword", "password"}) {
+      for (size_t from = pos; from < text->size(); ++from) {
+        auto it = std::search(text->begin() + from, text->end(),
+                              keyword.begin(), keyword.end(),
+                              [&](char a, char b) { return lower(a) == b; });
+        if (it == text->end()) break;
+        size_t at = it - text->begin();
+        char before = at == 0 ? ' ' : (*text)[at - 1];
+        if (std::isspace(static_cast<unsigned char>(before)) || before == '?' ||
+            before == '&') {
+          if (at < start) {
+            start = at;
+            keyword_size = keyword.size();
+          }
+          break;
+        }
+        from = at;
       }
-      if (i >= text->size() || (*text)[i] != '=') continue;
-      ++i;
-      while (!in_url && i < text->size() &&
-             std::isspace(static_cast<unsigned char>((*text)[i]))) {
-        ++i;
-      }
-      size_t length = ValueLength(*text, i, in_url);
-      text->replace(i, length, "***");
-      pos = i + 3;
     }
+    if (start == std::string::npos) break;
+    size_t i = start + keyword_size;
+    pos = i;
+    // libpq allows spaces around '=' in key=value strings.
+    while (!in_url && i < text->size() &&
+           std::isspace(static_cast<unsigned char>((*text)[i]))) {
+      ++i;
+    }
+    if (i >= text->size() || (*text)[i] != '=') continue;
+    ++i;
+    while (!in_url && i < text->size() &&
+           std::isspace(static_cast<unsigned char>((*text)[i]))) {
+      ++i;
+    }
+    size_t length = ValueLength(*text, i, in_url);
+    text->replace(i, length, "***");
+    pos = i + 3;
   }
 }
 

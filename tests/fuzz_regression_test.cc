@@ -103,5 +103,21 @@ TEST(FuzzRegressionTest, StrayCommaIsASyntaxErrorNotAHang) {
   EXPECT_NE(errors[0].find("is empty"), std::string::npos) << errors[0];
 }
 
+// duration_fuzz: a quoted key=value password holding "\rsslpassword\r=..."
+// had that inner "keyword" redacted first, which ate the closing quote; the
+// outer password then ran to the end of the text and took the next keyword
+// with it. RedactPasswordParameters (collector/config.cc) now scans once
+// from left to right and resumes after each redacted value.
+TEST(FuzzRegressionTest, AKeywordInsideAQuotedPasswordIsPartOfIt) {
+  EXPECT_EQ(RedactUrl("host=db password='a\rsslpassword\r=\r0x' dbname=x"),
+            "host=db password=*** dbname=x");
+  EXPECT_EQ(RedactUrl("host=db password='a password=b' dbname=x"),
+            "host=db password=*** dbname=x");
+  EXPECT_EQ(RedactUrl("sslpassword=a password=b user=c"),
+            "sslpassword=*** password=*** user=c");
+  EXPECT_EQ(RedactUrl("postgresql://h/db?sslpassword=a&password=b&x=1"),
+            "postgresql://h/db?sslpassword=***&password=***&x=1");
+}
+
 }  // namespace
 }  // namespace boxmeter
