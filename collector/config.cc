@@ -1152,51 +1152,41 @@ size_t ValueLength(std::string_view text, size_t begin, bool in_url) {
 // right that resumes after each redacted value, so that text inside a value
 // (a quoted password holding " sslpassword=x") is never taken for a key.
 void RedactPasswordParameters(std::string* text, bool in_url) {
-  auto lower = [](char c) {
-    return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  };
-  size_t pos = 0;
-  while (pos < text->size()) {
-    // The earliest keyword at a boundary; "sslpassword" first, since its
-    // "password" has no boundary before it.
-    size_t start = std::string::npos;
-    size_t keyword_size = 0;
+  // The length of the secret keyword starting at `at` after a separator, or
+  // 0. "sslpassword" first: its "password" has no separator before it.
+  auto keyword_at = [text](size_t at) -> size_t {
+    char before = at == 0 ? ' ' : (*text)[at - 1];
+    if (!std::isspace(static_cast<unsigned char>(before)) && before != '?' &&
+        before != '&') {
+      return 0;
+    }
     for (std::string_view keyword : {"sslpassword", "password"}) {
-      for (size_t from = pos; from < text->size(); ++from) {
-        auto it = std::search(text->begin() + from, text->end(),
-                              keyword.begin(), keyword.end(),
-                              [&](char a, char b) { return lower(a) == b; });
-        if (it == text->end()) break;
-        size_t at = it - text->begin();
-        char before = at == 0 ? ' ' : (*text)[at - 1];
-        if (std::isspace(static_cast<unsigned char>(before)) || before == '?' ||
-            before == '&') {
-          if (at < start) {
-            start = at;
-            keyword_size = keyword.size();
-          }
-          break;
-        }
-        from = at;
+      if (text->size() - at >= keyword.size() &&
+          std::equal(keyword.begin(), keyword.end(), text->begin() + at,
+                     [](char k, char c) {
+                       return k == std::tolower(static_cast<unsigned char>(c));
+                     })) {
+        return keyword.size();
       }
     }
-    if (start == std::string::npos) break;
-    size_t i = start + keyword_size;
-    pos = i;
+    return 0;
+  };
+  auto skip_spaces = [&](size_t i) {
     // libpq allows spaces around '=' in key=value strings.
     while (!in_url && i < text->size() &&
            std::isspace(static_cast<unsigned char>((*text)[i]))) {
       ++i;
     }
+    return i;
+  };
+  for (size_t at = 0; at < text->size(); ++at) {
+    size_t length = keyword_at(at);
+    if (length == 0) continue;
+    size_t i = skip_spaces(at + length);
     if (i >= text->size() || (*text)[i] != '=') continue;
-    ++i;
-    while (!in_url && i < text->size() &&
-           std::isspace(static_cast<unsigned char>((*text)[i]))) {
-      ++i;
-    }
-    size_t length = ValueLength(*text, i, in_url);
-    text->replace(i, length, "***");
-    pos = i + 3;
+    i = skip_spaces(i + 1);
+    text->replace(i, ValueLength(*text, i, in_url), "***");
+    at = i + 2;  // past the "***"
   }
 }
 
