@@ -21,9 +21,9 @@ using std::chrono::steady_clock;
 constexpr milliseconds kMinBackoff{1000};
 constexpr milliseconds kMaxBackoff{30000};
 
-// The shortest writer lease: a takeover after a crash waits at most this
-// long (or three poll intervals, whichever is longer).
-constexpr milliseconds kMinLeaseTtl{3000};
+// A lease whose expiry moved later by more than this between two looks was
+// renewed: its holder is running. (Each renewal moves it by at least 1 s.)
+constexpr milliseconds kLeaseRenewalSlack{500};
 
 // How often a stop tries its final poll again when it fails.
 // A stats API that was just restarted may take a moment to listen again;
@@ -166,8 +166,8 @@ void Collector::Flush(FlushDone done) {
                              "commits what it counted"));
     return;
   }
-  if (phase_ == Phase::kStandby) {
-    done(Status::Unavailable("node " + config_.node + ": " + standby_reason_));
+  if (phase_ == Phase::kStandby && standby_.writer_alive) {
+    done(Status::Unavailable("node " + config_.node + ": " + standby_.reason));
     return;
   }
   waiters_.push_back(Waiter{fetches_started_, 0, std::move(done)});
@@ -367,13 +367,53 @@ void Collector::Finish(int exit_code) {
   io_.stop();
 }
 
+// Another writer holds the lease, as a load found it (asked at `asked`). It
+// is known to be running once it hands the lease on or is seen to renew it;
+// until then it may be a collector that crashed, and flushes wait for the
+// takeover.
+void Collector::StandBy(const LeaseState& lease,
+                        steady_clock::time_point asked) {
+  // Never later than the real expiry: the database measured expires_in after
+  // `asked`. Compared with the first sighting of this holder: one that
+  // commits often moves its expiry by less than the slack each time, but past
+  // it before that first expiry comes.
+  steady_clock::time_point lapses = asked + lease.expires_in;
+  bool same_holder =
+      phase_ == Phase::kStandby && lease.holder == standby_.holder;
+  if (!same_holder) {
+    EnterStandby(
+        fmt::format(
+            "node {} is written by another collector ({}), whose lease lapses "
+            "in {}ms unless it renews it (is a second collector configured "
+            "with this node name?)",
+            config_.node, lease.holder, lease.expires_in.count()),
+        phase_ == Phase::kStandby);  // a new holder: it just took the lease
+    standby_.holder = lease.holder;
+    standby_.lapses = lapses;
+  } else if (!standby_.writer_alive &&
+             lapses > standby_.lapses + kLeaseRenewalSlack) {
+    EnterStandby(
+        standby_.reason + "; it has renewed its lease since, so it is running",
+        true);
+  }
+}
+
 void Collector::EnterRunning(const LeaseState& lease, NodeState state) {
   if (phase_ == Phase::kStandby) {
     LogInfo(
         "took over node {}: its lease lapsed; counting on from the "
         "node's state in the database",
         config_.node);
+    // What was fetched before goes with the engine: a waiting flush is
+    // answered by a fetch after the takeover.
     engine_ = DeltaEngine();
+    for (Waiter& waiter : waiters_) {
+      waiter.after_fetch = fetches_started_;
+      waiter.fetch = 0;
+    }
+    if (!waiters_.empty()) {
+      fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
+    }
   }
   database_health_.Up(fmt::format("node {} has {} counters, commit {}",
                                   config_.node, state.baselines.size(),
@@ -384,22 +424,25 @@ void Collector::EnterRunning(const LeaseState& lease, NodeState state) {
   if (metrics_) metrics_->SetTotals(state.totals);
   lease_ = lease;
   lease_renewed_ = steady_clock::now();
-  standby_reason_.clear();
+  standby_ = {};
   phase_ = Phase::kRunning;
 }
 
-void Collector::EnterStandby(const std::string& why) {
+void Collector::EnterStandby(const std::string& why, bool writer_alive) {
   if (phase_ == Phase::kRunning) {
     LogError(
         "{}; this collector stopped writing for node {}: the {} bytes it "
         "had not committed are left to the writer that holds the lease",
         why, config_.node, engine_.pending_bytes());
     engine_ = DeltaEngine();
-    FailWaiters(Status::Unavailable("node " + config_.node + ": " + why), true);
-  } else if (why != standby_reason_) {
+  } else if (why != standby_.reason) {
     LogWarn("{}; this collector commits nothing until that lease lapses", why);
   }
-  standby_reason_ = why;
+  if (writer_alive) {
+    FailWaiters(Status::Unavailable("node " + config_.node + ": " + why), true);
+  }
+  standby_.reason = why;
+  standby_.writer_alive = writer_alive;
   phase_ = Phase::kStandby;
   lease_ = {};
   commit_ = CommitState::kClean;
@@ -507,12 +550,14 @@ void Collector::StartLoad() {
     Status status;
     LeaseState lease;
     NodeState state;
+    steady_clock::time_point asked;
   };
   std::chrono::milliseconds ttl = LeaseTtl();
   OnDatabase<Loaded>(
       DbWork::kLoading,
       [this, ttl] {
         Loaded loaded;
+        loaded.asked = steady_clock::now();
         loaded.status = store_.Connect();
         if (loaded.status.ok()) loaded.status = store_.Migrate();
         if (loaded.status.ok()) {
@@ -524,11 +569,13 @@ void Collector::StartLoad() {
         return loaded;
       },
       [this](Loaded loaded) {
-        OnLoaded(loaded.status, loaded.lease, std::move(loaded.state));
+        OnLoaded(loaded.status, loaded.lease, std::move(loaded.state),
+                 loaded.asked);
       });
 }
 
-void Collector::OnLoaded(Status status, LeaseState lease, NodeState state) {
+void Collector::OnLoaded(Status status, LeaseState lease, NodeState state,
+                         steady_clock::time_point asked) {
   if (!status.ok()) {
     AfterDatabaseFailure(status);
     if (ending_ == Ending::kOnce) once_failed_ = true;
@@ -541,16 +588,14 @@ void Collector::OnLoaded(Status status, LeaseState lease, NodeState state) {
   backoff_ = milliseconds(0);
   if (!lease.held) {
     database_health_.Up("the database answered");
-    EnterStandby(fmt::format(
-        "node {} is written by another collector ({}), whose lease lapses in "
-        "{}ms unless it renews it; is a second collector configured with "
-        "this node name?",
-        config_.node, lease.holder, lease.expires_in.count()));
+    StandBy(lease, asked);
     if (ending_ == Ending::kOnce) once_failed_ = true;
     // Look again when it would lapse, at least once a poll interval.
-    retry_after_ = steady_clock::now() +
-                   std::clamp<milliseconds>(lease.expires_in, milliseconds(100),
-                                            config_.poll.interval);
+    retry_after_ =
+        steady_clock::now() +
+        std::min<milliseconds>(
+            std::max<milliseconds>(lease.expires_in, milliseconds(100)),
+            config_.poll.interval);
     ScheduleRetry();
     return Advance();
   }
@@ -839,9 +884,7 @@ void Collector::ArmStopDeadline() {
 }
 
 std::chrono::milliseconds Collector::LeaseTtl() const {
-  // Renewed by every commit and, while idle, every third of it; long enough
-  // that a slow commit or a database hiccup does not hand the node over.
-  return std::max<milliseconds>(config_.poll.interval * 3, kMinLeaseTtl);
+  return WriterLeaseTtl(config_.poll.interval);
 }
 
 void Collector::ScheduleWatchdog() {

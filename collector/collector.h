@@ -164,7 +164,8 @@ class Collector {
   // Event handlers: record, then Advance().
   void OnTick();
   void OnFetched(int64_t fetch, Status status, StatsReply reply);
-  void OnLoaded(Status status, LeaseState lease, NodeState state);
+  void OnLoaded(Status status, LeaseState lease, NodeState state,
+                std::chrono::steady_clock::time_point asked);
   // `batch`: the committed batch when metrics_ is set, else null.
   void OnCommitted(CommitResult result, size_t rows,
                    std::shared_ptr<const CommitBatch> batch, int64_t fetch);
@@ -173,7 +174,10 @@ class Collector {
 
   // Transitions of phase_.
   void EnterRunning(const LeaseState& lease, NodeState state);
-  void EnterStandby(const std::string& why);
+  // `writer_alive`: the other writer is known to run (flushes fail at once).
+  void EnterStandby(const std::string& why, bool writer_alive = true);
+  void StandBy(const LeaseState& lease,
+               std::chrono::steady_clock::time_point asked);
   void Finish(int exit_code);
 
   void AfterDatabaseFailure(const Status& status);
@@ -252,7 +256,18 @@ class Collector {
 
   bool ready_sent_ = false;
   bool warned_malformed_ = false;
-  std::string standby_reason_;  // logged once per standby
+  // While phase_ is kStandby: another writer holds the lease. Until it is
+  // seen to renew its lease or hand it on, it may be a collector that
+  // crashed (its lease lapses within LeaseTtl()), and a flush waits for the
+  // takeover instead of failing: a sing-box reload right after a crash and
+  // restart still gets its traffic committed first.
+  struct Standby {
+    std::string reason;  // logged once per standby
+    std::string holder;
+    std::chrono::steady_clock::time_point lapses{};  // as last seen
+    bool writer_alive = false;
+  };
+  Standby standby_;
   int exit_code_ = 0;
   // --once: the database or the lease failed; finish once nothing is in
   // flight, starting nothing more.

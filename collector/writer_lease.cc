@@ -3,10 +3,17 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <random>
 
 namespace boxmeter {
+
+std::chrono::milliseconds WriterLeaseTtl(
+    std::chrono::milliseconds poll_interval) {
+  return std::max<std::chrono::milliseconds>(poll_interval * 3,
+                                             std::chrono::seconds(3));
+}
 
 std::string NewLeaseHolder() {
   char host[HOST_NAME_MAX + 1] = {};

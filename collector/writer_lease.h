@@ -24,6 +24,14 @@ struct LeaseState {
   std::chrono::milliseconds expires_in{0};
 };
 
+// How long a collector polling every `poll_interval` holds its lease
+// unless it renews it: three poll intervals, at least 3 s. Renewed by every
+// commit and, while idle, every third of it; long enough that a slow commit
+// or a database hiccup does not hand the node over, and the longest a
+// takeover after a crash waits.
+std::chrono::milliseconds WriterLeaseTtl(
+    std::chrono::milliseconds poll_interval);
+
 // A holder name for this process: "host <hostname> pid <pid> <random hex>".
 // Human-readable for the log of a collector that finds the node taken; the
 // random part tells apart two processes with one pid (a restart in another

@@ -247,6 +247,46 @@ TEST_F(CollectorTest, FlushFailsWhenTheStatsApiFails) {
       << answer->message();
 }
 
+// A collector restarted after a crash finds its predecessor's lease; a
+// reload's flush in that window must wait for the takeover and commit, or the
+// traffic counted since the predecessor's last commit is lost at the reload.
+TEST_F(CollectorTest, FlushWaitsForTheLeaseOfACrashedCollectorToLapse) {
+  ASSERT_TRUE(store_.TakeLeaseAs("host fake pid 2 crashed", 400ms));
+  source_.Add(CounterKind::kUser, "alice", 3, 4);
+  std::optional<Status> answer;
+  collector_->Start();
+  collector_->Flush([&](Status status) { answer = status; });
+  ASSERT_TRUE(RunUntil([&] { return store_.lease_takes() >= 3; }));
+  EXPECT_FALSE(answer.has_value()) << "answered before the lease lapsed";
+  ASSERT_TRUE(RunUntil([&] { return answer.has_value(); }));
+  EXPECT_TRUE(answer->ok()) << answer->message();
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{3, 4}));
+  EXPECT_TRUE(store_.lease().held);
+}
+
+// A second collector configured with the node's name: once the holder is
+// seen to renew its lease it is running, and the flush fails (saying who)
+// rather than hang until the client gives up.
+TEST_F(CollectorTest, FlushFailsOnceTheHolderIsSeenRenewingItsLease) {
+  const std::string other = "host fake pid 2 running";
+  ASSERT_TRUE(store_.TakeLeaseAs(other, 400ms));
+  std::optional<Status> answer;
+  collector_->Start();
+  collector_->Flush([&](Status status) { answer = status; });
+  ASSERT_TRUE(RunUntil([&] {
+    EXPECT_TRUE(store_.TakeLeaseAs(other, 400ms));  // it keeps renewing
+    return answer.has_value();
+  }));
+  EXPECT_FALSE(answer->ok());
+  EXPECT_NE(answer->message().find(other), std::string::npos)
+      << answer->message();
+  EXPECT_EQ(store_.applied(), 0);
+  // A flush now fails at once.
+  answer.reset();
+  collector_->Flush([&](Status status) { answer = status; });
+  EXPECT_TRUE(answer.has_value());
+}
+
 TEST_F(CollectorTest, StatusLinesDescribeThePoll) {
   source_.Add(CounterKind::kUser, "alice", 7, 8);
   collector_->Start();

@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
 
   boxmeter::testing::ChaosReport report = boxmeter::testing::RunChaos(options);
 
+  // The logs first, so that the verdict is the last thing printed (CI
+  // shows a run's head and tail).
+  if (!report.ok) std::cout << report.context << "\n";
   std::cout << "\n=== chaos summary (seed " << options.seed << ", "
             << report.elapsed.count() << "s)\n"
             << "events survived: " << report.total_events << "\n";

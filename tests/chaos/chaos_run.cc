@@ -130,7 +130,7 @@ class ChaosWorld {
     } catch (const std::exception& e) {
       report_.ok = false;
       report_.failure = e.what();
-      report_.failure += Context();
+      report_.context = Context();
     }
     report_.elapsed =
         std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - start_);

@@ -63,6 +63,7 @@ struct ChaosOptions {
 struct ChaosReport {
   bool ok = false;
   std::string failure;                // why not ok
+  std::string context;                // not ok: the logs' tails at the failure
   std::map<std::string, int> events;  // survived, by kind
   int total_events = 0;
   int exact_matches = 0;  // times the database equalled the truth exactly
