@@ -21,6 +21,9 @@ using std::chrono::steady_clock;
 constexpr milliseconds kMinBackoff{1000};
 constexpr milliseconds kMaxBackoff{30000};
 
+// A database call that takes this long is logged (once) while it lasts.
+constexpr milliseconds kSlowDatabaseCall{10000};
+
 // A lease whose expiry moved later by more than this between two looks was
 // renewed: its holder is running. (Each renewal moves it by at least 1 s.)
 constexpr milliseconds kLeaseRenewalSlack{500};
@@ -93,6 +96,7 @@ Collector::Collector(boost::asio::io_context& io, const Config& config,
       retry_timer_(io),
       watchdog_timer_(io),
       stop_timer_(io),
+      db_slow_timer_(io),
       db_work_(
           std::make_unique<boost::asio::executor_work_guard<
               boost::asio::io_context::executor_type>>(db_io_.get_executor())),
@@ -111,6 +115,23 @@ template <typename Result>
 void Collector::OnDatabase(DbWork what, std::function<Result()> work,
                            std::function<void(Result)> then) {
   db_ = what;
+  // A call the database accepted but does not answer (a lock another
+  // session holds, a server that stopped reading) has no deadline of its
+  // own: say so while it lasts, so that the log shows where the collector
+  // waits.
+  steady_clock::time_point started = steady_clock::now();
+  db_slow_timer_.expires_after(kSlowDatabaseCall);
+  db_slow_timer_.async_wait([this, what,
+                             started](boost::system::error_code ec) {
+    if (ec || db_ != what) return;
+    LogWarn(
+        "the database {} has not answered {} for {}s; is a lock held by "
+        "another session (pg_stat_activity shows who waits on whom)?",
+        RedactUrl(config_.database.url), DbWorkName(what),
+        std::chrono::duration_cast<std::chrono::seconds>(steady_clock::now() -
+                                                         started)
+            .count());
+  });
   boost::asio::post(
       db_io_, [this, work = std::move(work), then = std::move(then)]() mutable {
         Result result = work();
@@ -118,6 +139,7 @@ void Collector::OnDatabase(DbWork what, std::function<Result()> work,
         boost::asio::post(io_, [this, result = std::move(result),
                                 then = std::move(then)]() mutable {
           db_ = DbWork::kIdle;
+          db_slow_timer_.cancel();
           then(std::move(result));
           ReturnFreedMemory();
         });
@@ -351,6 +373,7 @@ void Collector::Finish(int exit_code) {
   retry_timer_.cancel();
   watchdog_timer_.cancel();
   stop_timer_.cancel();
+  db_slow_timer_.cancel();
   FailWaiters(
       Status::Unavailable("node " + config_.node + ": the collector stopped"),
       true);
@@ -395,6 +418,9 @@ void Collector::StandBy(const LeaseState& lease,
     EnterStandby(
         standby_.reason + "; it has renewed its lease since, so it is running",
         true);
+  } else {
+    LogDebug("node {}: still held by {}, lapsing in {}ms unless renewed",
+             config_.node, lease.holder, lease.expires_in.count());
   }
 }
 
@@ -881,6 +907,28 @@ void Collector::ArmStopDeadline() {
     // interrupted; leave without running destructors that would join it.
     std::_Exit(ending_ == Ending::kOnce ? EX_UNAVAILABLE : EX_TEMPFAIL);
   });
+}
+
+std::string_view Collector::DbWorkName(DbWork work) {
+  switch (work) {
+    case DbWork::kIdle:
+      return "nothing";
+    case DbWork::kLoading:
+      return "loading the node and taking its lease";
+    case DbWork::kCommitting:
+      return "a commit";
+    case DbWork::kResolving:
+      return "reading the commit sequence";
+    case DbWork::kRenewing:
+      return "renewing the lease";
+    case DbWork::kPruning:
+      return "pruning history";
+    case DbWork::kCheckingUsers:
+      return "reading the users fingerprint";
+    case DbWork::kReleasing:
+      return "releasing the lease";
+  }
+  return "a call";
 }
 
 std::chrono::milliseconds Collector::LeaseTtl() const {

@@ -191,6 +191,7 @@ class Collector {
   void RecordCommit(CommitOutcome outcome);
   void ArmStopDeadline();
   std::chrono::milliseconds LeaseTtl() const;
+  static std::string_view DbWorkName(DbWork work);
   std::chrono::milliseconds StopBudget() const;
 
   // Runs `work` on the database thread and `then` with its result on the
@@ -242,6 +243,7 @@ class Collector {
   boost::asio::steady_timer retry_timer_;
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer stop_timer_;
+  boost::asio::steady_timer db_slow_timer_;  // a database call takes long
   std::chrono::steady_clock::time_point next_poll_;
   std::chrono::steady_clock::time_point next_prune_{};  // {}: not yet set
   std::chrono::milliseconds backoff_{0};

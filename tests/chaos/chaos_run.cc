@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cmath>
+#include <fstream>
 #include <functional>
 #include <iomanip>
 #include <memory>
@@ -170,8 +171,12 @@ class ChaosWorld {
   std::string Context() {
     std::string context;
     if (collector_) {
-      context += "\ncollector log " + collector_->log_path() + ", tail:\n" +
-                 collector_->LogTail(60);
+      // Kept: the run's directories go with it.
+      std::string kept = "/tmp/boxmeter-chaos-" +
+                         std::to_string(options_.seed) + "-collector.log";
+      std::ofstream(kept) << collector_->Log();
+      context += "\ncollector log (kept as " + kept + "), tail:\n" +
+                 collector_->LogTail(120);
     }
     if (v2ray_) context += "\nv2ray log tail:\n" + v2ray_->LogTail();
     return context;
