@@ -383,7 +383,9 @@ class ChaosWorld {
   void AwaitPolls(size_t count) {
     if (!collector_->AwaitPolls(count + 1, 30s)) {
       throw ChaosFailure("no " + std::to_string(count) +
-                         " successful polls within 30s");
+                         " successful polls within 30s (the collector is " +
+                         (collector_->Running() ? "still running" : "gone") +
+                         ")");
     }
   }
 
