@@ -250,7 +250,10 @@ void Collector::Advance() {
   if (once_failed_) return MaybeFinish();  // start nothing more
   AnswerWaiters();
   AdvanceHooks();
-  bool may_fetch = phase_ == Phase::kLoading || phase_ == Phase::kRunning;
+  // In standby too: what it sees then is reconciled with the node's state
+  // when it takes over (DeltaEngine::Load), so a sing-box restart while it
+  // waits for a crashed predecessor's lease loses nothing seen.
+  bool may_fetch = phase_ != Phase::kStopped;
   if (may_fetch && fetch_in_flight_ == 0 && fetches_started_ < fetch_wanted_) {
     StartFetch();
   }
@@ -430,16 +433,9 @@ void Collector::EnterRunning(const LeaseState& lease, NodeState state) {
         "took over node {}: its lease lapsed; counting on from the "
         "node's state in the database",
         config_.node);
-    // What was fetched before goes with the engine: a waiting flush is
-    // answered by a fetch after the takeover.
-    engine_ = DeltaEngine();
-    for (Waiter& waiter : waiters_) {
-      waiter.after_fetch = fetches_started_;
-      waiter.fetch = 0;
-    }
-    if (!waiters_.empty()) {
-      fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
-    }
+    // The engine holds no loaded state here (it was never loaded, or was
+    // dropped when the lease was lost): only what standby polls saw, which
+    // Load reconciles with the node's baselines like a start's first polls.
   }
   database_health_.Up(fmt::format("node {} has {} counters, commit {}",
                                   config_.node, state.baselines.size(),
@@ -482,7 +478,7 @@ void Collector::OnTick() {
   hooks_.Tick();  // a failed hook is retried at most once a poll
   if (fetch_in_flight_ != 0) {
     LogDebug("the previous fetch is still running; skipping this poll");
-  } else if (phase_ != Phase::kStandby) {
+  } else {
     fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
   }
   Advance();

@@ -31,9 +31,11 @@
 // Guarantees (see docs/design.md for why they make every byte count once):
 // - One writer per node: nothing is committed without the node's lease
 //   (Store::TakeLease). A collector that finds the lease held by another says
-//   who holds it and commits nothing until it lapses; one that loses it stops
-//   writing, drops what it had not committed, and never adopts the other's
-//   state without loading it afresh after a takeover.
+//   who holds it and commits nothing until it lapses, polling meanwhile
+//   (what it sees then is reconciled with the node's state when it takes
+//   over); one that loses it stops writing, drops what it had not committed,
+//   and never adopts the other's state without loading it afresh after a
+//   takeover.
 // - A flush (Flush(), the control socket, and before every hook run) is
 //   answered only once a fetch that started after the request is committed.
 // - A stop waits for a commit in flight, fetches once more, and commits until

@@ -264,6 +264,30 @@ TEST_F(CollectorTest, FlushWaitsForTheLeaseOfACrashedCollectorToLapse) {
   EXPECT_TRUE(store_.lease().held);
 }
 
+// The predecessor crashed after a commit; while its successor waits for the
+// lease, sing-box restarts. What the old instance counted after that commit
+// was seen by a standby poll only: the takeover must commit it, and the new
+// instance's traffic too.
+TEST_F(CollectorTest, ASingBoxRestartWhileWaitingForTheLeaseLosesNothing) {
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.applied() == 1; }));
+  collector_.reset();  // crashed: the lease stays with its holder
+  store_.StealLease("host fake pid 1 crashed", 600ms);
+  Create();
+  collector_->Start();
+  source_.Add(CounterKind::kUser, "alice", 5, 5);  // after the last commit
+  int fetches = source_.fetches();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 2; }));
+  EXPECT_FALSE(store_.lease().held) << "took over before the lease lapsed";
+  source_.Restart();
+  source_.Add(CounterKind::kUser, "alice", 1, 2);
+  EXPECT_TRUE(RunUntil([&] {
+    return store_.Total(kAlice) == CounterValues{16, 27};
+  })) << store_.Total(kAlice).uplink
+      << " " << store_.Total(kAlice).downlink;
+}
+
 // A second collector configured with the node's name: once the holder is
 // seen to renew its lease it is running, and the flush fails (saying who)
 // rather than hang until the client gives up.
