@@ -230,7 +230,7 @@ int Main(int argc, char** argv) {
   std::unique_ptr<MetricsServer> metrics_server;
   if (metrics) {
     metrics_server = std::make_unique<MetricsServer>(
-        config.metrics.listen, [&metrics] { return metrics->Render(); });
+        config.metrics.listen, [&metrics] { return metrics->RenderPieces(); });
     if (Status status = metrics_server->Start(); status.ok()) {
       LogInfo("serving Prometheus metrics on http://{}/metrics",
               config.metrics.listen);

@@ -36,7 +36,7 @@ bool CollectorMetrics::Exposed(const CounterKey& key) const {
 void CollectorMetrics::SetTotals(std::span<const CounterTotal> totals) {
   Traffic traffic;
   for (const CounterTotal& total : totals) {
-    if (Exposed(total.key)) traffic[total.key] = total.total;
+    if (Exposed(total.key)) traffic[total.key].totals = total.total;
   }
   std::lock_guard lock(mu_);
   loaded_ = std::move(traffic);
@@ -95,9 +95,10 @@ void CollectorMetrics::SetGauges(const Gauges& gauges) {
   gauges_ = gauges;
 }
 
-std::string CollectorMetrics::Render() {
+MetricsPieces CollectorMetrics::RenderPieces() {
   std::lock_guard render_lock(render_mu_);
-  std::string out;
+  auto health = std::make_shared<std::string>();
+  std::string& out = *health;
   std::optional<Traffic> loaded;
   std::unordered_map<CounterKey, CounterValues, CounterKeyHash> added;
   {
@@ -111,12 +112,11 @@ std::string CollectorMetrics::Render() {
     traffic_dirty_ = true;
   }
   for (const auto& [key, delta] : added) {
-    AddSaturating(traffic_[key], delta);
+    AddSaturating(traffic_[key].totals, delta);
     traffic_dirty_ = true;
   }
   if (traffic_dirty_) RenderTraffic();
-  out += traffic_text_;
-  return out;
+  return {std::move(health), traffic_text_};
 }
 
 void CollectorMetrics::RenderHealth(std::string* out) const {
@@ -212,8 +212,23 @@ void CollectorMetrics::RenderHealth(std::string* out) const {
 }
 
 void CollectorMetrics::RenderTraffic() {
-  std::string text;
-  text.reserve(traffic_text_.size());
+  // In place when no scrape still sends the last text (render_mu_ is held,
+  // so no new holder can appear meanwhile).
+  if (traffic_text_.use_count() != 1) {
+    auto fresh = std::make_shared<std::string>();
+    fresh->reserve(traffic_text_->size());
+    traffic_text_ = std::move(fresh);
+  }
+  std::string& text = *traffic_text_;
+  text.clear();
+  for (auto& [key, series] : traffic_) {
+    if (series.labels.empty()) {
+      const MetricLabel labels[] = {{"dimension", CounterKindName(key.kind)},
+                                    {"target", key.name},
+                                    {"node", options_.node}};
+      series.labels = RenderLabels(labels);
+    }
+  }
   MetricsWriter w(&text);
   for (std::string_view name : {kUplink, kDownlink}) {
     bool up = name == kUplink;
@@ -222,15 +237,11 @@ void CollectorMetrics::RenderTraffic() {
                   "database; never decreases across sing-box restarts."
                 : "Bytes received by the client (downlink), committed to "
                   "the database; never decreases across sing-box restarts.");
-    for (const auto& [key, values] : traffic_) {
-      w.Sample(name,
-               {{"dimension", CounterKindName(key.kind)},
-                {"target", key.name},
-                {"node", options_.node}},
-               up ? values.uplink : values.downlink);
+    for (const auto& [key, series] : traffic_) {
+      w.Sample(name, series.labels,
+               up ? series.totals.uplink : series.totals.downlink);
     }
   }
-  traffic_text_ = std::move(text);
   traffic_dirty_ = false;
 }
 

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "log.h"
 
@@ -113,7 +114,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return Answer(http::status::method_not_allowed,
                     "method not allowed; use GET\n", keep_alive);
     }
-    std::string body;
+    MetricsPieces body;
     try {
       body = render_();
     } catch (const std::exception& e) {
@@ -125,32 +126,53 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void Answer(http::status status, std::string_view text, bool keep_alive) {
-    Send(status, std::string(text), "text/plain; charset=utf-8", keep_alive,
-         false);
+    Send(status, {std::make_shared<const std::string>(text)},
+         "text/plain; charset=utf-8", keep_alive, false);
   }
 
-  void Send(http::status status, std::string body,
+  // The header through Beast, then the body's pieces as they are: a large
+  // exposition is sent without being copied into one string.
+  void Send(http::status status, MetricsPieces body,
             std::string_view content_type, bool keep_alive, bool head) {
-    auto response = std::make_shared<http::response<http::string_body>>(
-        status, parser_ ? parser_->get().version() : 11);
-    response->set(http::field::server, "boxmeter-collector");
-    response->set(http::field::content_type,
-                  beast::string_view(content_type.data(), content_type.size()));
+    struct Reply {
+      http::response<http::empty_body> header;
+      std::optional<http::response_serializer<http::empty_body>> serializer;
+      MetricsPieces body;
+    };
+    auto reply = std::make_shared<Reply>();
+    http::response<http::empty_body>& header = reply->header;
+    header.result(status);
+    header.version(parser_ ? parser_->get().version() : 11);
+    header.set(http::field::server, "boxmeter-collector");
+    header.set(http::field::content_type,
+               beast::string_view(content_type.data(), content_type.size()));
     if (status == http::status::method_not_allowed) {
-      response->set(http::field::allow, "GET, HEAD");
+      header.set(http::field::allow, "GET, HEAD");
     }
-    response->keep_alive(keep_alive);
-    size_t length = body.size();
-    if (!head) response->body() = std::move(body);
-    response->content_length(length);
+    header.keep_alive(keep_alive);
+    size_t length = 0;
+    for (const auto& piece : body) length += piece->size();
+    header.content_length(length);
+    if (!head) reply->body = std::move(body);
+    reply->serializer.emplace(header);
     stream_.expires_after(limits_.write_timeout);
-    http::async_write(stream_, *response,
-                      [self = shared_from_this(), response, keep_alive](
-                          beast::error_code ec, size_t) {
-                        if (ec) return self->Close();
-                        if (!keep_alive) return self->Linger();
-                        self->Read();
-                      });
+    http::async_write_header(
+        stream_, *reply->serializer,
+        [self = shared_from_this(), reply, keep_alive](beast::error_code ec,
+                                                       size_t) {
+          if (ec) return self->Close();
+          std::vector<asio::const_buffer> buffers;
+          for (const auto& piece : reply->body) {
+            buffers.push_back(asio::buffer(*piece));
+          }
+          asio::async_write(
+              self->stream_, buffers,
+              [self, reply, keep_alive](beast::error_code ec, size_t) {
+                if (ec) return self->Close();
+                if (!keep_alive) return self->Linger();
+                self->Read();
+              });
+        });
   }
 
   // After the last response: closing a socket with unread input makes the

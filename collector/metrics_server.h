@@ -27,6 +27,7 @@
 #include <string>
 #include <thread>
 
+#include "metrics_text.h"
 #include "status.h"
 
 namespace boxmeter {
@@ -34,7 +35,7 @@ namespace boxmeter {
 class MetricsServer {
  public:
   // Renders the exposition; called on the server's thread.
-  using Render = std::function<std::string()>;
+  using Render = std::function<MetricsPieces()>;
 
   struct Limits {
     size_t max_connections = 16;

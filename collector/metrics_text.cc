@@ -59,6 +59,29 @@ void AppendEscapedLabelValue(std::string* out, std::string_view value) {
   }
 }
 
+void AppendLabels(std::string* out, std::span<const MetricLabel> labels) {
+  if (labels.empty()) return;
+  *out += '{';
+  bool first = true;
+  for (const MetricLabel& label : labels) {
+    if (!first) *out += ',';
+    first = false;
+    *out += label.name;
+    *out += "=\"";
+    AppendEscapedLabelValue(out, label.value);
+    *out += '"';
+  }
+  *out += '}';
+}
+
+// " VALUE\n"; the hot path of a large exposition.
+void AppendValue(std::string* out, int64_t value) {
+  fmt::format_int text(value);
+  *out += ' ';
+  out->append(text.data(), text.size());
+  *out += '\n';
+}
+
 }  // namespace
 
 std::string EscapeLabelValue(std::string_view value) {
@@ -84,27 +107,38 @@ void MetricsWriter::Family(std::string_view name, Type type,
                  name, EscapeHelp(help), name, TypeName(type));
 }
 
+std::string JoinPieces(const MetricsPieces& pieces) {
+  size_t size = 0;
+  for (const auto& piece : pieces) size += piece->size();
+  std::string text;
+  text.reserve(size);
+  for (const auto& piece : pieces) text += *piece;
+  return text;
+}
+
+std::string RenderLabels(std::span<const MetricLabel> labels) {
+  std::string out;
+  AppendLabels(&out, labels);
+  return out;
+}
+
 void MetricsWriter::Start(std::string_view name,
                           std::span<const MetricLabel> labels) {
   *out_ += name;
-  if (labels.empty()) return;
-  *out_ += '{';
-  bool first = true;
-  for (const MetricLabel& label : labels) {
-    if (!first) *out_ += ',';
-    first = false;
-    *out_ += label.name;
-    *out_ += "=\"";
-    AppendEscapedLabelValue(out_, label.value);
-    *out_ += '"';
-  }
-  *out_ += '}';
+  AppendLabels(out_, labels);
 }
 
 void MetricsWriter::Sample(std::string_view name,
                            std::span<const MetricLabel> labels, int64_t value) {
   Start(name, labels);
-  fmt::format_to(std::back_inserter(*out_), " {}\n", value);
+  AppendValue(out_, value);
+}
+
+void MetricsWriter::Sample(std::string_view name,
+                           std::string_view rendered_labels, int64_t value) {
+  *out_ += name;
+  *out_ += rendered_labels;
+  AppendValue(out_, value);
 }
 
 void MetricsWriter::Sample(std::string_view name,

@@ -13,12 +13,21 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace boxmeter {
+
+// An exposition as pieces sent one after another. A piece may be shared by
+// several scrapes (the traffic section, unchanged between commits), so a
+// scrape of a large exposition copies nothing.
+using MetricsPieces = std::vector<std::shared_ptr<const std::string>>;
+
+// The pieces as one text (for tests and small expositions).
+std::string JoinPieces(const MetricsPieces& pieces);
 
 struct MetricLabel {
   std::string_view name;
@@ -34,6 +43,9 @@ std::string EscapeLabelValue(std::string_view value);
 // "-Inf", "NaN", otherwise the shortest text that reads back the same.
 std::string FormatMetricValue(double value);
 
+// `{NAME="VALUE",...}` with the values escaped; empty for no labels.
+std::string RenderLabels(std::span<const MetricLabel> labels);
+
 class MetricsWriter {
  public:
   enum class Type { kCounter, kGauge, kHistogram };
@@ -44,10 +56,14 @@ class MetricsWriter {
   void Family(std::string_view name, Type type, std::string_view help);
 
   // One sample line: NAME{LABELS} VALUE. `labels` may be empty.
+  // `rendered_labels`: the labels as RenderLabels wrote them, for a
+  // series written at every scrape.
   void Sample(std::string_view name, std::span<const MetricLabel> labels,
               int64_t value);
   void Sample(std::string_view name, std::span<const MetricLabel> labels,
               double value);
+  void Sample(std::string_view name, std::string_view rendered_labels,
+              int64_t value);
   void Sample(std::string_view name, std::initializer_list<MetricLabel> labels,
               int64_t value) {
     Sample(name, std::span<const MetricLabel>(labels.begin(), labels.size()),

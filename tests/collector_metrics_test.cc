@@ -33,6 +33,38 @@ CommitRow Row(CounterKind kind, std::string name, int64_t up, int64_t down) {
   return {{kind, std::move(name)}, {up, down}, {}, 0};
 }
 
+// A scrape of a large exposition must not copy it: without a commit between
+// them, two renders share the traffic text; a commit renders it again, and
+// a scrape still sending the old text keeps it unchanged.
+TEST(CollectorMetricsTest, TrafficTextIsSharedUntilACommitChangesIt) {
+  CollectorMetrics metrics(Options());
+  std::vector<CounterTotal> totals = {{{CounterKind::kUser, "alice"}, {1, 2}}};
+  metrics.SetTotals(totals);
+  MetricsPieces first = metrics.RenderPieces();
+  MetricsPieces again = metrics.RenderPieces();
+  ASSERT_EQ(first.size(), 2u);
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(first[1].get(), again[1].get()) << "rendered again unchanged";
+  std::string sent = *first[1];
+  metrics.AddCommitted(std::vector{Row(CounterKind::kUser, "alice", 10, 20)});
+  MetricsPieces after = metrics.RenderPieces();
+  EXPECT_EQ(*first[1], sent) << "a held text was rendered into";
+  EXPECT_THAT(
+      Lines(*after[1], "v2ray_traffic_uplink_bytes_total{"),
+      ElementsAre(
+          R"(v2ray_traffic_uplink_bytes_total{dimension="user",target="alice",node="edge-1"} 11)"));
+  // Once nobody holds the text, the next render reuses its buffer.
+  first.clear();
+  again.clear();
+  const std::string* reused = after[1].get();
+  after.clear();
+  metrics.AddCommitted(std::vector{Row(CounterKind::kUser, "alice", 1, 1)});
+  MetricsPieces last = metrics.RenderPieces();
+  EXPECT_EQ(last[1].get(), reused);
+  EXPECT_THAT(metrics.Render(),
+              HasSubstr(R"(target="alice",node="edge-1"} 12)"));
+}
+
 TEST(CollectorMetricsTest, TrafficIsTheLoadedTotalsSortedByDimensionAndTarget) {
   CollectorMetrics metrics(Options());
   std::vector<CounterTotal> totals = {

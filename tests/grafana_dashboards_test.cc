@@ -160,6 +160,7 @@ TEST_F(GrafanaTrafficDashboard, EverySqlPanelRunsAsReadonlyWithItsColumns) {
       {"Top users in the range", {"name", "uplink", "downlink", "total"}},
       {"Traffic per node over time", {"time", "metric", "value"}},
       {"Inbounds (lifetime)", {"node", "tag", "uplink", "downlink", "total"}},
+      {"Traffic per inbound over time", {"time", "metric", "value"}},
       {"Nodes",
        {"node", "last_commit_at", "counters", "user_counters", "today_total"}},
       {"Quota status",

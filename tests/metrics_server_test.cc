@@ -79,7 +79,11 @@ class MetricsServerTest : public ::testing::Test {
         "127.0.0.1:0",
         [this] {
           ++renders_;
-          return std::string(kBody);
+          // Two pieces: the body is sent as the pieces come.
+          std::string_view body(kBody);
+          return MetricsPieces{
+              std::make_shared<const std::string>(body.substr(0, 10)),
+              std::make_shared<const std::string>(body.substr(10))};
         },
         limits);
     Status status = server_->Start();
@@ -257,7 +261,7 @@ TEST_F(MetricsServerTest, ConnectionsBeyondTheLimitGetA503AndTheRestWork) {
 TEST_F(MetricsServerTest, AnAddressInUseIsAnErrorNamingIt) {
   Start();
   std::string listen = "127.0.0.1:" + std::to_string(server_->port());
-  MetricsServer second(listen, [] { return std::string(); });
+  MetricsServer second(listen, [] { return MetricsPieces{}; });
   Status status = second.Start();
   EXPECT_FALSE(status.ok());
   EXPECT_THAT(status.message(),
@@ -266,7 +270,7 @@ TEST_F(MetricsServerTest, AnAddressInUseIsAnErrorNamingIt) {
 }
 
 TEST_F(MetricsServerTest, AnAddressThatIsNotAnIpIsAnError) {
-  MetricsServer server("localhost:9464", [] { return std::string(); });
+  MetricsServer server("localhost:9464", [] { return MetricsPieces{}; });
   Status status = server.Start();
   EXPECT_FALSE(status.ok());
   EXPECT_THAT(status.message(), HasSubstr("\"localhost:9464\" is not IP:PORT"));

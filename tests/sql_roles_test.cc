@@ -287,7 +287,8 @@ TEST_F(SqlRolesTest, ReadonlySeesTheViewsAndNothingElse) {
   for (const char* view :
        {"user_traffic", "inbound_traffic", "outbound_traffic",
         "user_node_hourly", "user_hourly", "user_node_daily", "user_daily",
-        "user_quota_status", "node_summary", "unknown_counters"}) {
+        "inbound_node_hourly", "user_quota_status", "node_summary",
+        "unknown_counters"}) {
     SCOPED_TRACE(view);
     Query(std::string("SELECT * FROM ") + view, grafana_);
   }
