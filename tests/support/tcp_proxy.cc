@@ -200,6 +200,7 @@ void TcpProxy::Serve(std::shared_ptr<Connection> connection) {
   int server = ConnectTo(host, port);
   if (server < 0) {
     // The target is down: the client sees its connection reset.
+    ++target_unreachable_;
     Reset(client);
     connection->done = true;
     return;

@@ -75,6 +75,8 @@ class TcpProxy {
   int64_t cuts() const { return cuts_.load(); }
   int64_t pattern_cuts() const { return pattern_cuts_.load(); }
   int64_t refused() const { return refused_.load(); }
+  // Connections reset because the target did not accept one of its own.
+  int64_t target_unreachable() const { return target_unreachable_.load(); }
   int64_t delayed_answers() const { return delayed_answers_.load(); }
 
  private:
@@ -108,6 +110,7 @@ class TcpProxy {
   std::atomic<int64_t> cuts_{0};
   std::atomic<int64_t> pattern_cuts_{0};
   std::atomic<int64_t> refused_{0};
+  std::atomic<int64_t> target_unreachable_{0};
   std::atomic<int64_t> delayed_answers_{0};
   std::chrono::milliseconds max_answer_delay_{0};  // guarded by mu_
   std::mt19937_64 delay_rng_;                      // guarded by mu_
