@@ -33,6 +33,10 @@ constexpr milliseconds kLeaseRenewalSlack{500};
 // the pauses grow (250, 500, 750 ms), 1.5 s in all.
 constexpr int kFinalFetchTries = 3;
 constexpr milliseconds kFinalFetchPause{250};
+// What a stop keeps of its budget after its last fetch: a commit and the
+// lease's release. A retry of the final fetch that could not leave this much
+// is not started.
+constexpr milliseconds kStopCommitReserve{3000};
 
 // Retention runs at most this often, and each run stops after the budget
 // (leaving the rest for the next run), so that commits wait at most that
@@ -507,14 +511,21 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
     source_health_.Down(status.message());
     last_poll_result_ = "stats API: " + status.message();
     RecordPoll(false, 0);
+    milliseconds next_pause = kFinalFetchPause * (final_fetch_tries_ + 1);
+    bool retry_fits = steady_clock::now() + next_pause +
+                          config_.source.timeout + kStopCommitReserve <=
+                      stop_deadline_;
     if (ending_ == Ending::kStop && fetch > stop_after_fetch_ &&
-        final_fetch_tries_ < kFinalFetchTries) {
+        final_fetch_tries_ < kFinalFetchTries && retry_fits) {
       // The final poll failed (a stats API slow to answer, or just
       // restarted): try again while the stop budget lasts. A sing-box that
-      // is already gone refuses at once, so this costs nothing then.
+      // is already gone refuses at once, so this costs nothing then; one
+      // that hangs costs a source.timeout a try, and the tries stop while
+      // the budget still holds a commit (a final poll that never answers
+      // leaves nothing uncommitted: exit 0, as when the tries run out).
       ++final_fetch_tries_;
       stop_after_fetch_ = fetch;
-      poll_timer_.expires_after(kFinalFetchPause * final_fetch_tries_);
+      poll_timer_.expires_after(next_pause);
       poll_timer_.async_wait([this](boost::system::error_code ec) {
         if (ec) return;
         fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
@@ -890,14 +901,19 @@ std::chrono::milliseconds Collector::StopBudget() const {
 }
 
 void Collector::ArmStopDeadline() {
-  stop_timer_.expires_after(StopBudget());
+  stop_deadline_ = steady_clock::now() + StopBudget();
+  stop_timer_.expires_at(stop_deadline_);
   stop_timer_.async_wait([this](boost::system::error_code ec) {
     if (ec) return;
+    std::string waiting =
+        fetch_in_flight_ != 0 ? std::string("the stats API's final poll")
+        : db_ != DbWork::kIdle
+            ? fmt::format("the database ({})", DbWorkName(db_))
+            : std::string("the database to come back");
     LogError(
-        "gave up waiting for the {} after {}ms; exiting with {} bytes "
-        "not committed",
-        fetch_in_flight_ != 0 ? "stats API" : "database", StopBudget().count(),
-        engine_.pending_bytes());
+        "gave up waiting for {} after {}ms (the stop budget, 3 x "
+        "source.timeout + 10 s); exiting with {} bytes not committed",
+        waiting, StopBudget().count(), engine_.pending_bytes());
     std::fflush(stderr);
     // The database thread may be stuck in a blocking call that cannot be
     // interrupted; leave without running destructors that would join it.

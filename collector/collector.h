@@ -227,8 +227,9 @@ class Collector {
   // Every fetch up to this one is in the database.
   int64_t committed_fetch_ = 0;
   std::vector<Waiter> waiters_;
-  int64_t stop_after_fetch_ = 0;   // ending_: the final fetch is above this
-  int final_fetch_tries_ = 0;      // retries of a failed final fetch
+  int64_t stop_after_fetch_ = 0;  // ending_: the final fetch is above this
+  int final_fetch_tries_ = 0;     // retries of a failed final fetch
+  std::chrono::steady_clock::time_point stop_deadline_{};  // ending_: gives up
   int64_t hook_flush_after_ = -1;  // a hook run waits for this flush
   int64_t unresolved_fetch_ = 0;   // the fetch of a commit of unknown outcome
   // Its batch, kept for the metrics (only with metrics_): its deltas join

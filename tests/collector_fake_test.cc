@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <csignal>
 #include <memory>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -179,6 +181,31 @@ TEST_F(CollectorFakeTest, SlowReplyIsAWarningAndTotalsRecover) {
   ASSERT_EQ(fake_->Command("delay 0"), "");
   ASSERT_TRUE(DatabaseHolds({{kAliceUp, 1500}}));
   EXPECT_TRUE(collector_->Running()) << collector_->LogTail();
+}
+
+// SIGTERM while the stats API hangs: every try of a poll costs a
+// source.timeout, and all five (the one in flight, the final one and three
+// retries) outlast the stop budget of 3 x source.timeout + 10 s. The tries
+// stop while the budget still holds a commit; nothing seen is left, so the
+// exit is 0, not the budget's give-up (75).
+TEST_F(CollectorFakeTest, SigtermWhileTheStatsApiHangsExitsZeroInItsBudget) {
+  ASSERT_EQ(fake_->Command(std::string("set ") + kAliceUp + " 1000"), "");
+  StartCollector("5s");
+  ASSERT_TRUE(DatabaseHolds({{kAliceUp, 1000}}));
+  ASSERT_EQ(fake_->Command("delay 600000"), "");
+  // A fetch hangs in flight when the signal comes: the worst case.
+  const std::string in_flight = "the previous fetch is still running";
+  size_t before = collector_->CountLogLines(in_flight);
+  ASSERT_TRUE(WaitUntil(
+      [&] { return collector_->CountLogLines(in_flight) > before; }, 10s));
+  collector_->Signal(SIGTERM);
+  std::optional<int> code = collector_->Wait(40s);
+  ASSERT_TRUE(code.has_value()) << collector_->LogTail();
+  EXPECT_EQ(*code, 0) << collector_->LogTail();
+  EXPECT_EQ(collector_->CountLogLines("gave up waiting"), 0u)
+      << collector_->LogTail();
+  ASSERT_EQ(fake_->Command("delay 0"), "");
+  EXPECT_TRUE(DatabaseHolds({{kAliceUp, 1000}}, 1s));
 }
 
 TEST_F(CollectorFakeTest, TwoHundredThousandCountersAreCommittedInFull) {
