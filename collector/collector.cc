@@ -182,6 +182,13 @@ void Collector::Stop() {
   stop_after_fetch_ = fetches_started_;
   fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
   ArmStopDeadline();
+  // The backoff after a long outage may be half a minute, more than the
+  // stop budget: from now on the database is tried again every second.
+  backoff_ = std::min(backoff_, kMinBackoff);
+  if (retry_after_ > steady_clock::now() + kMinBackoff) {
+    retry_after_ = steady_clock::now() + kMinBackoff;
+    ScheduleRetry();
+  }
   Advance();
 }
 
@@ -867,7 +874,9 @@ bool Collector::StartCheckUsers() {
 
 void Collector::AfterDatabaseFailure(const Status& status) {
   database_health_.Down(status.message());
-  backoff_ = std::clamp(backoff_ * 2, kMinBackoff, kMaxBackoff);
+  backoff_ = ending_ == Ending::kStop
+                 ? kMinBackoff
+                 : std::clamp(backoff_ * 2, kMinBackoff, kMaxBackoff);
   retry_after_ = steady_clock::now() + backoff_;
   ScheduleRetry();
 }

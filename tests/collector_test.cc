@@ -175,6 +175,26 @@ TEST_F(CollectorTest, StopRetriesAFailedFinalCommit) {
   EXPECT_EQ(store_.commits(), 2);
 }
 
+// After an outage the database is tried again at growing intervals (1, 2,
+// 4 s, up to 30 s). A stop must not wait out such a pause: its budget is
+// 3 x source.timeout + 10 s. Here the next try would come 4 s after the
+// third failure; the stop tries within a second.
+TEST_F(CollectorTest, StopAfterAnOutageTriesTheDatabaseWithinASecond) {
+  store_.SetUp(false);
+  source_.Add(CounterKind::kUser, "alice", 7, 8);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.connects() >= 3; }));
+  store_.SetUp(true);
+  collector_->Stop();
+  auto stopped_by = std::chrono::steady_clock::now() + 2500ms;
+  while (!io_.stopped() && std::chrono::steady_clock::now() < stopped_by) {
+    io_.run_for(10ms);
+  }
+  EXPECT_TRUE(io_.stopped()) << "the stop waited for the outage's backoff";
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{7, 8}));
+  EXPECT_EQ(collector_->ExitCode(), 0);
+}
+
 TEST_F(CollectorTest, StopRightAfterARestartCountsTheNewInstanceOnce) {
   source_.Add(CounterKind::kUser, "alice", 100, 100);
   collector_->Start();

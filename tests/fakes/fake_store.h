@@ -180,6 +180,10 @@ class FakeStore : public Store {
     now.held = !lease_.holder.empty() && lease_.holder == holder_;
     return now;
   }
+  int connects() {
+    std::lock_guard lock(mu_);
+    return connects_;
+  }
   int lease_takes() {
     std::lock_guard lock(mu_);
     return lease_takes_;
