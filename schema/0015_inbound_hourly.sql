@@ -1,11 +1,11 @@
--- 0014: the hourly history per inbound and node (issue 14: the traffic
+-- 0015: the hourly history per inbound and node (issue 14: the traffic
 -- dashboard's per-inbound panel over time).
 --
 -- counter_hourly already holds every counter's hours, inbounds' too; only
 -- users had a view over them. An hour is the UTC hour the traffic was
 -- committed in, as in user_node_hourly. Read-only, like the other traffic
 -- views: boxmeter_readonly (Grafana) and boxmeter_operator may read it.
--- (Numbered 0014: 0013 is the usage-event delivery.)
+-- (0013 and 0014 are the usage-event delivery and time-based events.)
 
 SELECT set_config('search_path', format('%I, pg_temp', current_schema()),
                   true);
@@ -27,5 +27,5 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
   name text PRIMARY KEY,
   applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO schema_migrations (name) VALUES ('0014_inbound_hourly.sql')
+INSERT INTO schema_migrations (name) VALUES ('0015_inbound_hourly.sql')
 ON CONFLICT (name) DO NOTHING;
