@@ -153,7 +153,9 @@ void HookRunner::UsersFingerprint(const std::string& fingerprint) {
 void HookRunner::Tick() {
   ++poll_;
   // Orphans adopted as subreaper are ours to reap.
-  if (runs_started_ > 0) ReapChildrenExcept(child_ ? child_->pid : 0);
+  if (runs_started_ > 0 || event_runs_started_ > 0) {
+    ReapChildrenExcept(child_ ? child_->pid : 0);
+  }
 }
 
 bool HookRunner::WantsToStart() const {
@@ -200,6 +202,7 @@ void HookRunner::RunEvent(const UsageEvent& event) {
         });
     return;
   }
+  ++event_runs_started_;
   LogDebug("running {} for usage event {}", kEventHook, event.id);
 }
 

@@ -150,6 +150,7 @@ class HookRunner {
   int64_t started_in_poll_ = -1;
   int64_t runs_started_ = 0;
   int64_t runs_failed_ = 0;
+  int64_t event_runs_started_ = 0;  // of hooks.on_event
   int64_t failures_in_a_row_ = 0;
   std::string last_failure_;
 
