@@ -4,7 +4,9 @@
 // and the errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <string>
 #include <vector>
 
 #include "sql_fixture.h"
@@ -120,6 +122,56 @@ TEST_F(SqlEventDeliveryTest, TheCollectorRoleOnlyUsesTheFunctions) {
                   "stranger_" + database())
                 .sqlstate,
             "42501");
+}
+
+// schema/0014_time_events.sql: the deliverer's claim records what time
+// raised, once each, and nothing older than a day.
+TEST_F(SqlEventDeliveryTest, TimeRaisesExpirySoonExpiredAndIdleOnceEach) {
+  testing::Meter collector(Url(meter_), "edge-1");
+  Query(
+      "SELECT add_user('bob'), add_user('carol'), add_user('dave'), "
+      "add_user('erin'); "
+      "SELECT set_expiry('bob', now() + interval '2 days'); "
+      "SELECT set_expiry('carol', now() - interval '1 hour'); "
+      "SELECT set_expiry('dave', now() - interval '3 days')");
+  collector.Commit({{kUser, "alice", 10, 0}, {kUser, "erin", 10, 0}}, DayMs(0));
+  // alice's last traffic 25 hours ago, erin's 3 days ago.
+  Query(
+      "UPDATE counters SET last_seen = now() - interval '25 hours' "
+      "WHERE name = 'alice'; "
+      "UPDATE counters SET last_seen = now() - interval '3 days' "
+      "WHERE name = 'erin'");
+  auto timed = [&] {
+    return Query(
+        "SELECT user_name, kind, threshold FROM usage_events "
+        "WHERE kind IN ('expiry_soon', 'expired', 'idle') ORDER BY id");
+  };
+  std::vector<UsageEvent> events;
+  ASSERT_TRUE(collector.store().ReadUndeliveredEvents(100, 10s, &events).ok());
+  EXPECT_EQ(timed(), "bob|expiry_soon|3\ncarol|expired|0\nalice|idle|24");
+  std::string bob =
+      Query("SELECT id FROM usage_events WHERE kind = 'expiry_soon'");
+  EXPECT_NE(std::find(Ids(events).begin(), Ids(events).end(), std::stoll(bob)),
+            Ids(events).end())
+      << "recorded before the read";
+  // Checked again (the minute passed): nothing twice.
+  Query("UPDATE boxmeter_settings SET time_events_checked_at = NULL");
+  ASSERT_TRUE(collector.store().ReadUndeliveredEvents(100, 10s, &events).ok());
+  EXPECT_EQ(timed(), "bob|expiry_soon|3\ncarol|expired|0\nalice|idle|24");
+
+  // Another node's collector does not check while edge-1 delivers, and
+  // nothing is recorded while events are off.
+  Query(
+      "UPDATE boxmeter_settings SET time_events_checked_at = NULL; "
+      "SELECT set_expiry('dave', now() + interval '1 day')");
+  PgStore other(Url(other_meter_), "edge-2");
+  ASSERT_TRUE(other.ReadUndeliveredEvents(100, 10s, &events).ok());
+  EXPECT_TRUE(events.empty());
+  Query("SELECT set_usage_events(false)");
+  ASSERT_TRUE(collector.store().ReadUndeliveredEvents(100, 10s, &events).ok());
+  EXPECT_EQ(Query("SELECT count(*) FROM usage_events WHERE user_name = "
+                  "'dave'"),
+            "0");
 }
 
 TEST_F(SqlEventDeliveryTest, BadArgumentsSayWhatIsExpected) {
