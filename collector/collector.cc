@@ -1054,7 +1054,8 @@ void Collector::UpdateStatus() {
         .source_up = source_health_.up(),
         .database_up = database_health_.up(),
         .writer = phase_ == Phase::kRunning,
-        .hook_runs_succeeded = started - failed - (hooks_.running() ? 1 : 0),
+        .hook_runs_succeeded =
+            started - failed - (hooks_.users_hook_running() ? 1 : 0),
         .hook_runs_failed = failed,
     });
   }

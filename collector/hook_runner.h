@@ -109,7 +109,10 @@ class HookRunner {
   bool WantsToStart() const;
   void StartNow();
 
+  // Whether a hook runs (either one).
   bool running() const { return child_ != nullptr; }
+  // Whether hooks.on_users_changed runs (runs_started() counts it already).
+  bool users_hook_running() const { return child_ && child_->event_id == 0; }
   bool run_requested() const { return requested_; }
   int64_t runs_started() const { return runs_started_; }
   int64_t runs_failed() const { return runs_failed_; }
