@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "log.h"
+#include "safe_text.h"
 #include "snapshot.h"
 
 namespace boxmeter {
@@ -107,6 +108,8 @@ Collector::Collector(boost::asio::io_context& io, const Config& config,
       source_health_("the stats API at " + config.source.address),
       database_health_("the database " + RedactUrl(config.database.url)) {
   db_thread_ = std::thread([this] { db_io_.run(); });
+  hooks_.OnEventDone(
+      [this](HookRunner::EventRun run) { OnEventRun(std::move(run)); });
 }
 
 Collector::~Collector() {
@@ -261,6 +264,7 @@ void Collector::Advance() {
   if (once_failed_) return MaybeFinish();  // start nothing more
   AnswerWaiters();
   AdvanceHooks();
+  AdvanceEvents();
   // In standby too: what it sees then is reconciled with the node's state
   // when it takes over (DeltaEngine::Load), so a sing-box restart while it
   // waits for a crashed predecessor's lease loses nothing seen.
@@ -338,8 +342,10 @@ void Collector::StartDatabaseWork() {
   if (commit_ == CommitState::kUnknown) return StartResolve();
   if (ending_ == Ending::kNone && StartPrune()) return;
   if (engine_.HasPending()) return StartCommit();
+  if (StartMarkEvent()) return;
   if (ending_ == Ending::kNone) {
     if (StartCheckUsers()) return;
+    if (StartReadEvents()) return;
     if (steady_clock::now() - lease_renewed_ >= LeaseTtl() / 3) StartRenew();
     return;
   }
@@ -474,6 +480,7 @@ void Collector::EnterStandby(const std::string& why, bool writer_alive) {
   if (writer_alive) {
     FailWaiters(Status::Unavailable("node " + config_.node + ": " + why), true);
   }
+  events_.Drop();  // only the node's writer delivers events
   standby_.reason = why;
   standby_.writer_alive = writer_alive;
   phase_ = Phase::kStandby;
@@ -487,6 +494,7 @@ void Collector::OnTick() {
   if (ending_ == Ending::kNone) SchedulePoll();
   users_checked_ = false;
   hooks_.Tick();  // a failed hook is retried at most once a poll
+  events_.Tick();
   if (fetch_in_flight_ != 0) {
     LogDebug("the previous fetch is still running; skipping this poll");
   } else {
@@ -579,6 +587,35 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
     if (phase_ == Phase::kRunning && !database_health_.down()) {
       notifier_.Healthy();
     }
+  }
+  Advance();
+}
+
+void Collector::AdvanceEvents() {
+  // A run of hooks.on_users_changed goes first (one hook at a time).
+  if (phase_ != Phase::kRunning || ending_ != Ending::kNone ||
+      !hooks_.events_enabled() || hooks_.running() || hooks_.WantsToStart()) {
+    return;
+  }
+  const UsageEvent* next = events_.Next();
+  if (next == nullptr) return;
+  UsageEvent event = *next;
+  events_.Started();
+  hooks_.RunEvent(event);
+}
+
+void Collector::OnEventRun(HookRunner::EventRun run) {
+  milliseconds backoff = events_.Finished(run.id, run.ok, steady_clock::now());
+  if (run.ok) {
+    LogInfo("hooks.on_event took usage event {} in {}ms", run.id,
+            run.took.count());
+  } else {
+    LogWarn(
+        "hooks.on_event {} for usage event {} after {}ms (command {}); the "
+        "event stays undelivered and is handed over again on the first poll "
+        "after {}ms",
+        run.failure, run.id, run.took.count(),
+        QuotedText(config_.hooks.on_event, kMaxShownMessage), backoff.count());
   }
   Advance();
 }
@@ -870,6 +907,78 @@ bool Collector::StartCheckUsers() {
   return true;
 }
 
+bool Collector::StartReadEvents() {
+  // After the poll's commit: the events it recorded are in the read.
+  if (!hooks_.events_enabled() || fetch_in_flight_ != 0 ||
+      engine_.HasPending() || !events_.WantsRead(steady_clock::now())) {
+    return false;
+  }
+  events_.ReadStarted();
+  using Read = std::pair<Status, std::vector<UsageEvent>>;
+  milliseconds lease = EventLeaseTtl();
+  OnDatabase<Read>(
+      DbWork::kReadingEvents,
+      [this, lease] {
+        std::vector<UsageEvent> events;
+        Status status = store_.Connect();
+        if (status.ok()) {
+          status = store_.ReadUndeliveredEvents(EventDelivery::kBatch, lease,
+                                                &events);
+        }
+        return Read{status, std::move(events)};
+      },
+      [this](Read read) {
+        if (!read.first.ok()) {
+          EventDatabaseFailure(read.first);
+        } else if (phase_ == Phase::kRunning) {
+          last_event_error_.clear();
+          if (!read.second.empty()) {
+            LogDebug("{} usage events to deliver, from id {}",
+                     read.second.size(), read.second.front().id);
+          }
+          events_.Read(std::move(read.second));
+        }
+        Advance();
+      });
+  return true;
+}
+
+bool Collector::StartMarkEvent() {
+  std::optional<int64_t> id = events_.ToMark();
+  if (!id) return false;
+  milliseconds lease = EventLeaseTtl();
+  OnDatabase<Status>(
+      DbWork::kMarkingEvent,
+      [this, id = *id, lease] {
+        Status status = store_.Connect();
+        if (status.ok()) status = store_.MarkEventDelivered(id, lease);
+        return status;
+      },
+      [this, id = *id](Status status) {
+        if (status.ok()) {
+          events_.Marked();
+          LogDebug("usage event {} is marked delivered", id);
+        } else {
+          events_.MarkFailed();
+          EventDatabaseFailure(status);
+        }
+        Advance();
+      });
+  return true;
+}
+
+void Collector::EventDatabaseFailure(const Status& status) {
+  // An unreachable database is reported by the commits already; anything
+  // else (say, a schema without 0013) once until it changes.
+  if (status.code() == Status::Code::kUnavailable ||
+      status.message() == last_event_error_) {
+    LogDebug("{}", status.message());
+  } else {
+    LogWarn("{}; usage events wait, tried again every poll", status.message());
+  }
+  last_event_error_ = status.message();
+}
+
 // ---- Timers -----------------------------------------------------------------
 
 void Collector::AfterDatabaseFailure(const Status& status) {
@@ -946,6 +1055,10 @@ std::string_view Collector::DbWorkName(DbWork work) {
       return "pruning history";
     case DbWork::kCheckingUsers:
       return "reading the users fingerprint";
+    case DbWork::kReadingEvents:
+      return "reading usage events to deliver";
+    case DbWork::kMarkingEvent:
+      return "marking a usage event delivered";
     case DbWork::kReleasing:
       return "releasing the lease";
   }
@@ -954,6 +1067,12 @@ std::string_view Collector::DbWorkName(DbWork work) {
 
 std::chrono::milliseconds Collector::LeaseTtl() const {
   return WriterLeaseTtl(config_.poll.interval);
+}
+
+std::chrono::milliseconds Collector::EventLeaseTtl() const {
+  // Renewed by every read and mark; between two of them runs at most one
+  // hook, bounded by hooks.timeout.
+  return config_.hooks.timeout + LeaseTtl();
 }
 
 void Collector::ScheduleWatchdog() {
@@ -1008,7 +1127,8 @@ void Collector::UpdateStatus() {
         .source_up = source_health_.up(),
         .database_up = database_health_.up(),
         .writer = phase_ == Phase::kRunning,
-        .hook_runs_succeeded = started - failed - (hooks_.running() ? 1 : 0),
+        .hook_runs_succeeded =
+            started - failed - (hooks_.users_hook_running() ? 1 : 0),
         .hook_runs_failed = failed,
     });
   }

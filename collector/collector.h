@@ -15,7 +15,8 @@
 //                  └──────────────┘        (the lease lapsed: take it, load)
 //   db_        what the database thread is doing: nothing, loading,
 //              committing, resolving an unknown commit, renewing the lease,
-//              pruning, reading the users fingerprint, releasing the lease
+//              pruning, reading the users fingerprint, reading usage events
+//              to deliver, marking one delivered, releasing the lease
 //   ending_    none, --once, or stopping (SIGTERM/SIGINT)
 //   commit_    clean, or a commit whose outcome is unknown until resolved
 //
@@ -42,6 +43,12 @@
 //   nothing is pending or the stop budget is spent; ExitCode() then says
 //   whether anything was left uncommitted.
 //
+// - Usage events (hooks.on_event): while this collector is its node's
+//   writer, it reads undelivered events at most once a poll, after the
+//   poll's commit, and runs the hook for each in id order, one at a time
+//   and never in the way of polls and commits (event_delivery.h); each one
+//   the hook took (exit 0) is marked delivered before the next starts.
+//
 // Nothing at run time is fatal: an unreachable stats API or database is
 // logged once when it goes away and once when it is back, and retried (the
 // database with a capped backoff) while pending traffic accumulates.
@@ -60,6 +67,7 @@
 #include "collector_metrics.h"
 #include "config.h"
 #include "delta_engine.h"
+#include "event_delivery.h"
 #include "hook_runner.h"
 #include "notifier.h"
 #include "stats_source.h"
@@ -134,6 +142,8 @@ class Collector {
     kRenewing,
     kPruning,
     kCheckingUsers,
+    kReadingEvents,
+    kMarkingEvent,
     kReleasing,
   };
   enum class Ending { kNone, kOnce, kStop };
@@ -157,9 +167,13 @@ class Collector {
   void StartRenew();
   bool StartPrune();
   bool StartCheckUsers();
+  bool StartReadEvents();
+  bool StartMarkEvent();
   void StartRelease();
   // Starts a requested hook run once a flush before it is committed.
   void AdvanceHooks();
+  // Runs hooks.on_event for the next event read, if nothing else runs.
+  void AdvanceEvents();
   void AnswerWaiters();
   void MaybeFinish();
 
@@ -173,6 +187,7 @@ class Collector {
                    std::shared_ptr<const CommitBatch> batch, int64_t fetch);
   void OnResolved(Status status, int64_t seq);
   void OnRenewed(Status status, LeaseState lease);
+  void OnEventRun(HookRunner::EventRun run);
 
   // Transitions of phase_.
   void EnterRunning(const LeaseState& lease, NodeState state);
@@ -183,6 +198,8 @@ class Collector {
   void Finish(int exit_code);
 
   void AfterDatabaseFailure(const Status& status);
+  // A read or mark of usage events failed: logged, tried on the next poll.
+  void EventDatabaseFailure(const Status& status);
   void FailWaiters(const Status& status, bool all);
   void SchedulePoll();
   void ScheduleRetry();
@@ -194,6 +211,8 @@ class Collector {
   void ArmStopDeadline();
   std::chrono::milliseconds LeaseTtl() const;
   static std::string_view DbWorkName(DbWork work);
+  // The event delivery lease: one hook run and the calls around it.
+  std::chrono::milliseconds EventLeaseTtl() const;
   std::chrono::milliseconds StopBudget() const;
 
   // Runs `work` on the database thread and `then` with its result on the
@@ -210,6 +229,8 @@ class Collector {
   CollectorMetrics* metrics_;  // null: none
   DeltaEngine engine_;
   HookRunner hooks_;
+  EventDelivery events_;
+  std::string last_event_error_;  // logged once until it changes
 
   // The state machine.
   Phase phase_ = Phase::kLoading;

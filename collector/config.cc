@@ -543,17 +543,11 @@ class ConfigReader {
              &config->generator.output);
     ReadOutbounds(generator, &config->generator.stats_outbounds);
 
-    Entries hooks = Section(top, "hooks", {"on_users_changed", "timeout"});
-    if (auto* e = Find(hooks, "on_users_changed")) {
-      // A command may span lines (a YAML block scalar), and null means
-      // "no hook", the same as "".
-      if (!e->value.IsNull()) {
-        if (auto text = String(*e, "hooks.on_users_changed",
-                               "a shell command, or \"\" for none")) {
-          config->hooks.on_users_changed = *text;
-        }
-      }
-    }
+    Entries hooks =
+        Section(top, "hooks", {"on_users_changed", "on_event", "timeout"});
+    ReadCommand(hooks, "hooks.on_users_changed",
+                &config->hooks.on_users_changed);
+    ReadCommand(hooks, "hooks.on_event", &config->hooks.on_event);
     ReadDuration(hooks, "hooks.timeout", milliseconds(1),
                  &config->hooks.timeout);
 
@@ -1059,6 +1053,17 @@ class ConfigReader {
     const Entry* e = Find(section, key.substr(key.find('.') + 1));
     if (!e) return;
     if (auto path = Name(*e, key, what)) *out = *path;
+  }
+
+  // A hook's shell command. It may span lines (a YAML block scalar), and
+  // null means "no hook", the same as "".
+  void ReadCommand(const Entries& hooks, std::string_view key,
+                   std::string* out) {
+    const Entry* e = Find(hooks, key.substr(key.find('.') + 1));
+    if (!e || e->value.IsNull()) return;
+    if (auto text = String(*e, key, "a shell command, or \"\" for none")) {
+      *out = *text;
+    }
   }
 
   void ReadOutbounds(const Entries& generator, std::vector<std::string>* out) {

@@ -64,6 +64,9 @@ struct Config {
 
   struct Hooks {
     std::string on_users_changed;  // run with /bin/sh -c; empty: none
+    // Run with /bin/sh -c once per usage event, its JSON on stdin (the
+    // collector delivers the outbox of schema/0012); empty: none.
+    std::string on_event;
     std::chrono::milliseconds timeout{60000};
   } hooks;
 

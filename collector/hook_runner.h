@@ -28,6 +28,13 @@
 // until one succeeds. A change that arrives while a run is in progress
 // requests another run.
 //
+// It also runs hooks.on_event, once per usage event the collector hands it
+// (RunEvent), the same way but with the event's JSON on stdin and
+// BOXMETER_EVENT_ID set to its id. Runs of both hooks share the one child
+// slot: one hook process at a time, so that a timeout's cleanup never
+// touches the other hook's processes and every exit is reaped by the
+// thread that waits for it.
+//
 // Runs on the collector's io_context thread; only the wait for the child's
 // exit happens on a helper thread, whose result is posted back to the loop.
 #pragma once
@@ -38,6 +45,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -46,6 +54,7 @@
 #include <vector>
 
 #include "config.h"
+#include "store.h"
 
 namespace boxmeter {
 
@@ -67,6 +76,23 @@ class HookRunner {
   // Whether a command is configured (reading fingerprints is useless
   // otherwise).
   bool enabled() const { return !hooks_.on_users_changed.empty(); }
+  // Whether hooks.on_event is configured.
+  bool events_enabled() const { return !hooks_.on_event.empty(); }
+
+  // How a run of hooks.on_event ended.
+  struct EventRun {
+    int64_t id = 0;
+    bool ok = false;      // exited 0 within hooks.timeout
+    std::string failure;  // else: how it failed ("exited with 3", ...)
+    std::chrono::milliseconds took{0};
+  };
+  using EventDone = std::function<void(EventRun)>;
+  // Called on the loop when a run of hooks.on_event ends (not when the
+  // runner is destroyed first).
+  void OnEventDone(EventDone done) { event_done_ = std::move(done); }
+  // Runs hooks.on_event for `event`, its JSON on stdin. Only while nothing
+  // runs (!running()) and events_enabled(); otherwise nothing happens.
+  void RunEvent(const UsageEvent& event);
 
   // The node's users fingerprint as just read from the database. A change
   // requests a run; it starts when the collector calls StartNow.
@@ -83,7 +109,10 @@ class HookRunner {
   bool WantsToStart() const;
   void StartNow();
 
+  // Whether a hook runs (either one).
   bool running() const { return child_ != nullptr; }
+  // Whether hooks.on_users_changed runs (runs_started() counts it already).
+  bool users_hook_running() const { return child_ && child_->event_id == 0; }
   bool run_requested() const { return requested_; }
   int64_t runs_started() const { return runs_started_; }
   int64_t runs_failed() const { return runs_failed_; }
@@ -98,9 +127,15 @@ class HookRunner {
     bool timed_out = false;
     std::chrono::steady_clock::time_point started;
     std::thread waiter;
+    int64_t event_id =
+        0;  // a run of hooks.on_event for it; 0: on_users_changed
   };
 
-  void Start();
+  // Starts `command`; stdin is `input` (an open file descriptor, then
+  // closed here) or /dev/null when it is -1. False when it could not start.
+  bool Start(const std::string& command, int input, int64_t event_id);
+  // How a run ended, in words; empty when it succeeded.
+  std::string Failure(int wait_status, bool timed_out) const;
   void OnExit(int wait_status);
   // Kills the child's process group and every process it started, unless
   // it already exited.
@@ -118,9 +153,11 @@ class HookRunner {
   int64_t started_in_poll_ = -1;
   int64_t runs_started_ = 0;
   int64_t runs_failed_ = 0;
+  int64_t event_runs_started_ = 0;  // of hooks.on_event
   int64_t failures_in_a_row_ = 0;
   std::string last_failure_;
 
+  EventDone event_done_;
   std::unique_ptr<Child> child_;
   // Handlers posted by the waiter check this is still alive.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -180,6 +180,26 @@ constexpr const char* kCommitGuard =
 // schema/0002_generator.sql: what boxmeter-gen would read for node $1.
 constexpr const char* kUsersFingerprint = "SELECT users_fingerprint($1)";
 
+// schema/0013_event_delivery.sql: the delivery lease for node $1 for $3 ms,
+// and while held, the first $2 undelivered usage events.
+constexpr const char* kClaimEvents =
+    "SELECT id, event::text FROM claim_usage_events("
+    "$1, $2, $3::bigint * interval '1 millisecond')";
+constexpr const char* kMarkEvent =
+    "SELECT mark_usage_event_delivered("
+    "$1, $2, $3::bigint * interval '1 millisecond')";
+
+// What to do when delivering events fails because the schema lacks them.
+Status WithEventsHint(Status status) {
+  if (status.message().find("SQLSTATE 42883") == std::string::npos) {
+    return status;
+  }
+  return Status::Error(
+      status.message() +
+      "; hooks.on_event needs schema/0013_event_delivery.sql: "
+      "run boxmeter-collector --migrate as the schema's owner");
+}
+
 // A counter's key without a copy of its name, to find duplicates in a batch.
 struct KeyView {
   CounterKind kind;
@@ -732,6 +752,41 @@ Status PgStore::ReadUsersFingerprint(std::string* fingerprint) {
     return Status::Ok();
   } catch (const std::exception& e) {
     return Failed("reading the users fingerprint of node '" + node_ + "'", e);
+  }
+}
+
+Status PgStore::ReadUndeliveredEvents(int max_events,
+                                      std::chrono::milliseconds lease,
+                                      std::vector<UsageEvent>* out) {
+  out->clear();
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::work tx(connection_->pq);
+    pqxx::result rows = tx.exec_params(kClaimEvents, node_, max_events,
+                                       static_cast<int64_t>(lease.count()));
+    tx.commit();
+    for (const pqxx::row& row : rows) {
+      out->push_back({row[0].as<int64_t>(), row[1].as<std::string>()});
+    }
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    out->clear();
+    return WithEventsHint(Failed(
+        "claiming the usage events to deliver for node '" + node_ + "'", e));
+  }
+}
+
+Status PgStore::MarkEventDelivered(int64_t id,
+                                   std::chrono::milliseconds lease) {
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::work tx(connection_->pq);
+    tx.exec_params1(kMarkEvent, node_, id, static_cast<int64_t>(lease.count()));
+    tx.commit();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return WithEventsHint(
+        Failed("marking usage event " + std::to_string(id) + " delivered", e));
   }
 }
 

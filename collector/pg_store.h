@@ -74,6 +74,12 @@ class PgStore : public Store {
   CommitResult Commit(const CommitBatch& batch) override;
   Status ReadCommitSeq(int64_t* seq) override;
   Status ReadUsersFingerprint(std::string* fingerprint) override;
+  // The delivery lease's holder is the node's name, so a collector restarted
+  // after a crash takes it back at once. Each call is one statement.
+  Status ReadUndeliveredEvents(int max_events, std::chrono::milliseconds lease,
+                               std::vector<UsageEvent>* out) override;
+  Status MarkEventDelivered(int64_t id,
+                            std::chrono::milliseconds lease) override;
 
   // Deletes, in batches of kPruneBatchRows, the hourly rows whose hour
   // started before now() - retention, oldest first. One collector of a

@@ -53,6 +53,13 @@ struct CommitResult {
   std::string users_fingerprint = {};
 };
 
+// A usage event (schema/0012_usage_events.sql) as hooks.on_event receives
+// it: its id and its JSON (usage_event_json's event, which holds the id too).
+struct UsageEvent {
+  int64_t id = 0;
+  std::string json;
+};
+
 struct PruneResult {
   int64_t deleted = 0;  // hourly rows deleted
   bool done = true;     // false: the budget ran out before the last old row
@@ -110,6 +117,22 @@ class Store {
   // exactly when the generated config would; the collector runs
   // hooks.on_users_changed when it does.
   virtual Status ReadUsersFingerprint(std::string* fingerprint) = 0;
+
+  // Takes or renews, for this store's node, the lease on delivering the
+  // database's usage events (schema/0013_event_delivery.sql: events are
+  // database-wide, and one collector at a time hands them to its hook),
+  // lapsing `lease` from now on the database's clock. While this node holds
+  // it, reads the first `max_events` undelivered events in id order into
+  // *out; *out is empty when there are none or another node's lease is live.
+  virtual Status ReadUndeliveredEvents(int max_events,
+                                       std::chrono::milliseconds lease,
+                                       std::vector<UsageEvent>* out) = 0;
+
+  // Sets event `id`'s delivered_at, unless it is set already (then nothing
+  // changes: marking is idempotent), and renews this node's delivery lease
+  // by `lease` if it still holds it. An id that no event has is an error.
+  virtual Status MarkEventDelivered(int64_t id,
+                                    std::chrono::milliseconds lease) = 0;
 
   // Deletes hourly history older than `retention` (by the database's clock),
   // of every node, in small batches, each its own short transaction, until

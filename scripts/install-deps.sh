@@ -32,6 +32,7 @@ test_packages=(
   pgbouncer              # the writer lease through a transaction pooler
   v2ray                  # v2ray-core 4.34: the real StatsService peer
   curl                   # pushes real traffic through v2ray's socks inbound
+  openssl python3        # the example webhook hook and its test's receiver
   procps                 # ps/pgrep, used by the scripts
   clang libclang-rt-14-dev  # libFuzzer and its sanitizers (scripts/fuzz.sh)
   systemd                # systemd-analyze verify/security on deploy/systemd

@@ -4,12 +4,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <optional>
 #include <sstream>
+#include <string>
 
 #include "collector.h"
 #include "collector_metrics.h"
 #include "fakes/collector_fixture.h"
+#include "process.h"
 
 namespace boxmeter {
 namespace {
@@ -142,6 +145,27 @@ TEST_F(CollectorMetricsWiringTest, FailedPollsShowInTheHealthSeries) {
   EXPECT_EQ(Sample(R"(boxmeter_source_up{node="test-node"})"), 0);
   EXPECT_THAT(metrics_.Render(),
               ::testing::Not(HasSubstr("last_successful_poll")));
+}
+
+// boxmeter_hook_runs_total counts hooks.on_users_changed only: a run of
+// hooks.on_event in progress takes nothing off its successes.
+TEST_F(CollectorMetricsWiringTest, AnEventHookRunIsNoUsersHookRun) {
+  testing::TempDir dir;
+  std::string started = dir.path() + "/started", go = dir.path() + "/go";
+  config_.hooks.on_event = "touch '" + started + "'; i=0; while [ ! -e '" + go +
+                           "' ] && [ $i -lt 200 ]; do sleep 0.05; "
+                           "i=$((i+1)); done";
+  store_.AddEvent(1);
+  CreateWithMetrics();
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return std::ifstream(started).good(); }));
+  EXPECT_EQ(
+      Sample(R"(boxmeter_hook_runs_total{node="test-node",outcome="success"})"),
+      0)
+      << metrics_.Render();
+  std::ofstream(go).put('\n');
+  ASSERT_TRUE(RunUntil([&] { return store_.marks(1) == 1; }));
+  collector_.reset();  // before the directory goes
 }
 
 }  // namespace

@@ -101,6 +101,7 @@ TEST_F(ConfigTest, DefaultsFillEverythingButTheRequiredKeys) {
   EXPECT_EQ(config.generator.output, "/etc/sing-box/config.json");
   EXPECT_THAT(config.generator.stats_outbounds, ElementsAre("direct"));
   EXPECT_EQ(config.hooks.on_users_changed, "");
+  EXPECT_EQ(config.hooks.on_event, "");
   EXPECT_EQ(config.hooks.timeout, milliseconds(60000));
   EXPECT_EQ(config.history.retention, hours(400 * 24));
 }
@@ -126,6 +127,7 @@ TEST_F(ConfigTest, ReadsEveryKey) {
       "  on_users_changed: |\n"
       "    boxmeter-gen\n"
       "    systemctl reload sing-box\n"
+      "  on_event: /usr/local/bin/on-event-webhook.sh\n"
       "  timeout: 90s\n"
       "history:\n"
       "  retention: 36h\n");
@@ -142,6 +144,7 @@ TEST_F(ConfigTest, ReadsEveryKey) {
               ElementsAre("direct", "proxy a"));
   EXPECT_EQ(config.hooks.on_users_changed,
             "boxmeter-gen\nsystemctl reload sing-box\n");
+  EXPECT_EQ(config.hooks.on_event, "/usr/local/bin/on-event-webhook.sh");
   EXPECT_EQ(config.hooks.timeout, milliseconds(90000));
   EXPECT_EQ(config.history.retention, hours(36));
 }
@@ -152,10 +155,12 @@ TEST_F(ConfigTest, EmptySectionsAndEmptyListsAreAllowed) {
                        "generator:\n"
                        "  stats_outbounds: []\n"
                        "hooks:\n"
-                       "  on_users_changed:\n");
+                       "  on_users_changed:\n"
+                       "  on_event:\n");
   EXPECT_EQ(config.poll.interval, milliseconds(10000));
   EXPECT_TRUE(config.generator.stats_outbounds.empty());
   EXPECT_EQ(config.hooks.on_users_changed, "");
+  EXPECT_EQ(config.hooks.on_event, "");
 }
 
 TEST_F(ConfigTest, AcceptsTheAddressForms) {
@@ -325,6 +330,18 @@ TEST_F(ConfigTest, ZeroDuration) {
   std::string error = Error(std::string(kMinimal) + "hooks:\n  timeout: 0s\n");
   EXPECT_THAT(error, AllOf(HasSubstr(At(6) + "hooks.timeout: \"0s\""),
                            HasSubstr("positive")));
+}
+
+TEST_F(ConfigTest, HookCommandsMustBeText) {
+  std::vector<std::string> errors =
+      Errors(std::string(kMinimal) +
+             "hooks:\n  on_users_changed: [a]\n  on_event: {b: c}\n");
+  EXPECT_THAT(
+      errors,
+      ElementsAre(At(6) + "hooks.on_users_changed: is a list; expected a "
+                          "shell command, or \"\" for none",
+                  At(7) + "hooks.on_event: is a mapping; expected a shell "
+                          "command, or \"\" for none"));
 }
 
 TEST_F(ConfigTest, DurationTooLong) {

@@ -33,7 +33,9 @@ class HookRunnerTest : public ::testing::Test {
   std::unique_ptr<HookRunner> Runner(const std::string& command,
                                      std::chrono::milliseconds timeout = 10s) {
     return std::make_unique<HookRunner>(
-        io_, Config::Hooks{.on_users_changed = command, .timeout = timeout},
+        io_,
+        Config::Hooks{
+            .on_users_changed = command, .on_event = "", .timeout = timeout},
         "/etc/boxmeter/test config.yaml");
   }
 
@@ -252,7 +254,9 @@ TEST_F(HookRunnerTest, AnEarlierRunsBackgroundProcessIsSparedAndReaped) {
   EXPECT_FALSE(Gone(pid)) << "an earlier run's process was killed";
 
   ASSERT_EQ(kill(pid, SIGKILL), 0);
-  runner->Reload({.on_users_changed = "", .timeout = 300ms});  // no more runs
+  runner->Reload({.on_users_changed = "",
+                  .on_event = "",
+                  .timeout = 300ms});  // no more runs
   EXPECT_TRUE(LoopUntil([&] {
     runner->Tick();
     runner->StartNow();
@@ -286,7 +290,8 @@ TEST_F(HookRunnerTest, NoCommandRunsNothingUntilOneIsConfigured) {
   EXPECT_FALSE(runner->running());
   EXPECT_EQ(runner->runs_started(), 0);
 
-  runner->Reload({.on_users_changed = hook_.Command(), .timeout = 10s});
+  runner->Reload(
+      {.on_users_changed = hook_.Command(), .on_event = "", .timeout = 10s});
   EXPECT_TRUE(runner->enabled());
   runner->Tick();
   runner->StartNow();

@@ -10,6 +10,8 @@
 // store's lease lapsed, without waiting for the clock).
 #pragma once
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -133,6 +135,32 @@ class FakeStore : public Store {
     *fingerprint = users_fingerprint_;
     return Status::Ok();
   }
+  Status ReadUndeliveredEvents(int max_events, std::chrono::milliseconds lease,
+                               std::vector<UsageEvent>* out) override {
+    std::lock_guard lock(mu_);
+    ++event_reads_;
+    out->clear();
+    if (!up_) return Status::Unavailable("fake database is down");
+    last_event_lease_ = lease;
+    if (events_delivered_elsewhere_) return Status::Ok();
+    for (const auto& [id, event] : events_) {
+      if (static_cast<int>(out->size()) == max_events) break;
+      if (event.marks == 0) out->push_back({id, event.json});
+    }
+    return Status::Ok();
+  }
+  Status MarkEventDelivered(int64_t id,
+                            std::chrono::milliseconds lease) override {
+    std::lock_guard lock(mu_);
+    if (!up_) return Status::Unavailable("fake database is down");
+    auto found = events_.find(id);
+    if (found == events_.end()) {
+      return Status::Error("fake: no usage event has id " + std::to_string(id));
+    }
+    ++found->second.marks;
+    last_event_lease_ = lease;
+    return Status::Ok();
+  }
   Status PruneHistory(std::chrono::hours retention,
                       std::chrono::milliseconds budget,
                       PruneResult* out) override {
@@ -143,6 +171,30 @@ class FakeStore : public Store {
     if (!up_) return Status::Unavailable("fake database is down");
     *out = PruneResult{};
     return Status::Ok();
+  }
+
+  // Usage events: AddEvent records one (its JSON is {"id":N}); marks(id)
+  // counts MarkEventDelivered calls for it (once marked, reads skip it).
+  void AddEvent(int64_t id) {
+    std::lock_guard lock(mu_);
+    events_[id] = {fmt::format("{{\"id\":{}}}", id), 0};
+  }
+  int marks(int64_t id) {
+    std::lock_guard lock(mu_);
+    return events_.count(id) ? events_[id].marks : 0;
+  }
+  int event_reads() {
+    std::lock_guard lock(mu_);
+    return event_reads_;
+  }
+  std::chrono::milliseconds last_event_lease() {
+    std::lock_guard lock(mu_);
+    return last_event_lease_;
+  }
+  // Another node's collector holds the delivery lease: reads return none.
+  void DeliverEventsElsewhere(bool elsewhere) {
+    std::lock_guard lock(mu_);
+    events_delivered_elsewhere_ = elsewhere;
   }
 
   // The lease's clock (milliseconds, any epoch); the steady clock if unset.
@@ -292,6 +344,14 @@ class FakeStore : public Store {
   std::string users_fingerprint_ = "initial";
   int fingerprint_reads_ = 0;
   int connects_ = 0, commits_ = 0, applied_ = 0, loads_ = 0, prunes_ = 0;
+  struct StoredEvent {
+    std::string json;
+    int marks = 0;
+  };
+  std::map<int64_t, StoredEvent> events_;
+  int event_reads_ = 0;
+  std::chrono::milliseconds last_event_lease_{0};
+  bool events_delivered_elsewhere_ = false;
   std::chrono::hours last_retention_{0};
   std::chrono::milliseconds last_budget_{0};
 };
