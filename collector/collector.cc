@@ -365,7 +365,16 @@ void Collector::MaybeFinish() {
   bool final_fetch_ok = last_fetch_ok_ > stop_after_fetch_;
   switch (phase_) {
     case Phase::kStandby:
-      // Not the writer: nothing of this collector's is to be committed.
+      if (!standby_.writer_alive && ending_ == Ending::kStop &&
+          engine_.size() > 0) {
+        // The holder may be a collector that crashed: what this one saw
+        // is committed by no one else. Wait (within the stop budget) for
+        // its lease to lapse, take over and commit it.
+        return;
+      }
+      // The node's writer runs and commits what sing-box counted; what
+      // this collector saw is not its to commit.
+      engine_ = DeltaEngine();
       return Finish(ending_ == Ending::kOnce ? EX_UNAVAILABLE : 0);
     case Phase::kLoading:
       // Nothing observed, nothing to lose; otherwise the database must come

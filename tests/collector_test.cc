@@ -308,6 +308,27 @@ TEST_F(CollectorTest, ASingBoxRestartWhileWaitingForTheLeaseLosesNothing) {
       << " " << store_.Total(kAlice).downlink;
 }
 
+// SIGTERM while waiting for a crashed predecessor's lease: what the standby
+// polls saw is committed by no one else, so the stop waits for the takeover
+// (the lease lapses well within the stop budget) and commits it.
+TEST_F(CollectorTest, StopWhileWaitingForACrashedPredecessorCommitsAfterIt) {
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return store_.applied() == 1; }));
+  collector_.reset();  // crashed: the lease stays with its holder
+  store_.StealLease("host fake pid 1 crashed", 600ms);
+  Create();
+  collector_->Start();
+  source_.Add(CounterKind::kUser, "alice", 5, 5);  // after the last commit
+  int fetches = source_.fetches();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 2; }));
+  ASSERT_FALSE(store_.lease().held);
+  collector_->Stop();
+  io_.run();
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{15, 25}));
+  EXPECT_EQ(collector_->ExitCode(), 0);
+}
+
 // A second collector configured with the node's name: once the holder is
 // seen to renew its lease it is running, and the flush fails (saying who)
 // rather than hang until the client gives up.
