@@ -668,7 +668,10 @@ void Collector::OnCommitted(CommitResult result, size_t rows,
       database_health_.Up(fmt::format("committed {} counters", rows));
       backoff_ = milliseconds(0);
       retry_after_ = {};
-      LogDebug("committed {} counters (commit {})", rows, engine_.commit_seq());
+      // The exact duration, for scripts/fleet.sh's latency percentiles (the
+      // metrics histogram only has buckets).
+      LogDebug("committed {} counters (commit {}) in {:.3f} ms", rows,
+               engine_.commit_seq(), SecondsSince(commit_started_) * 1000);
       if (ending_ == Ending::kNone && !result.users_fingerprint.empty()) {
         users_checked_ = true;
         hooks_.UsersFingerprint(result.users_fingerprint);
