@@ -227,7 +227,12 @@ class Fleet:
                     "log:\n"
                     "  level: debug\n"
                     "control:\n"
-                    f"  socket: {self.work}/node{index:04d}.sock\n")
+                    f"  socket: {self.work}/node{index:04d}.sock\n"
+                    # As deployed: the hook makes every commit read the
+                    # node's users fingerprint (`true` stands in for
+                    # boxmeter-gen, which runs only when it changes).
+                    "hooks:\n"
+                    "  on_users_changed: \"true\"\n")
         return path
 
     def database_url(self):
@@ -242,6 +247,18 @@ class Fleet:
                                 env=self.collector_env())
         if result.returncode != 0:
             fail(f"boxmeter-collector --migrate: {result.stderr.strip()}")
+        # The users every node's sing-box accepts, as boxmeter-gen reads
+        # them: the fakes' user names, each linked to every node's inbound,
+        # so that each commit's users fingerprint has a node's worth to hash.
+        self.psql(
+            "INSERT INTO users (name, uuid) SELECT format('u%s', "
+            "lpad(i::text, 6, '0')), gen_random_uuid() "
+            f"FROM generate_series(0, {self.args.users - 1}) i;"
+            "INSERT INTO inbounds (node, tag, type, listen_port) "
+            "SELECT format('fleet-%s', lpad(n::text, 4, '0')), 'vless-in', "
+            f"'vless', 443 FROM generate_series(0, {self.args.nodes - 1}) n;"
+            "INSERT INTO inbound_users SELECT i.id, u.id "
+            "FROM inbounds i CROSS JOIN users u")
 
     def collector_env(self):
         env = dict(os.environ)
@@ -304,7 +321,7 @@ class Fleet:
                  " count(*) FILTER (WHERE wait_event_type = 'LWLock'),"
                  " count(*) FILTER (WHERE state = 'active'"
                  " AND backend_type = 'client backend' AND datname = 'fleet')"
-                 " FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
+                 " FROM pg_stat_activity WHERE application_name <> 'psql'")
         while not stop.wait(1.0):
             row = self.psql(query, check=False).split("|")
             if len(row) != 4:
@@ -332,6 +349,11 @@ class Fleet:
             "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
             "   AND c.relname IN ('nodes', 'counters', 'counter_hourly')"
+            " UNION ALL "
+            # Each commit creates and drops a temporary table: catalog rows.
+            "SELECT relname, pg_table_size(oid), pg_indexes_size(oid)"
+            "  FROM pg_class WHERE oid IN ('pg_class'::regclass,"
+            "                              'pg_attribute'::regclass)"
             " ORDER BY 1")
         return {cols[0]: (int(cols[1]), int(cols[2]))
                 for cols in (line.split("|") for line in out.splitlines())}
