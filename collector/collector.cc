@@ -325,7 +325,10 @@ void Collector::StartDatabaseWork() {
   if (ending_ == Ending::kNone && StartPrune()) return;
   if (engine_.HasPending()) return StartCommit();
   if (ending_ == Ending::kNone) {
-    if (StartCheckUsers()) return;
+    // Not while a fetch is in flight: if it brings traffic, its commit
+    // reads the fingerprint anyway (and if not, the check follows it). The
+    // fingerprint is most of a fleet's database work (BENCHMARKS.md).
+    if (fetch_in_flight_ == 0 && StartCheckUsers()) return;
     if (steady_clock::now() - lease_renewed_ >= LeaseTtl() / 3) StartRenew();
     return;
   }

@@ -8,7 +8,7 @@
 #   scripts/fleet.sh [--nodes N] [--users U] [--active-percent P]
 #                    [--interval S] [--seconds D] [--pgbouncer]
 #                    [--pool-size K] [--max-connections M] [--fsync on|off]
-#                    [--keep]
+#                    [--hook on|off] [--keep]
 #
 # Defaults: 50 nodes, 2000 users each, 10% of them active per poll (80% to
 # 120% of that per node, and each node its own bytes per user), a 10 s poll
@@ -17,7 +17,10 @@
 # transaction, default_pool_size = max_db_connections = K (default
 # min(10, N-1)), fewer server connections than collectors. max_connections
 # defaults to N+20 direct (at least 100) and 100 through PgBouncer. fsync is
-# on unless --fsync off.
+# on unless --fsync off. The users table holds U users linked to every
+# node's inbound, and each collector has an on_users_changed hook (`true`),
+# so that every commit reads its node's users fingerprint as when deployed;
+# --hook off leaves the hook out.
 #
 # Prints commit latency (median, p99, max) per node and overall, from the
 # collectors' debug lines "committed N counters (commit S) in X ms" (exact,
@@ -25,7 +28,8 @@
 # /proc times), the collectors' and the fakes'; connections and lock waits
 # sampled from pg_stat_activity every second (and PgBouncer's waiting
 # clients); WAL per second (pg_current_wal_lsn deltas); table and index
-# growth. Then it stops the traffic, lets the collectors commit, and exits
+# growth; the statements PostgreSQL spent its time on (pg_stat_statements).
+# Then it stops the traffic, lets the collectors commit, and exits
 # non-zero unless every node's counters in the database equal its fake's.
 # Everything is on 127.0.0.1 in one temporary directory; every process and
 # the directory are removed on exit, also on SIGINT/SIGTERM (--keep keeps

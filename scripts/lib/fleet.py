@@ -119,12 +119,16 @@ class Fleet:
         options = (f"-c listen_addresses=127.0.0.1 -p {self.pg_port} "
                    f"-c unix_socket_directories={self.work} "
                    f"-c max_connections={connections} "
-                   f"-c fsync={'on' if self.args.fsync else 'off'}")
+                   f"-c fsync={'on' if self.args.fsync else 'off'} "
+                   # What the commits spend their time on, for the report.
+                   "-c shared_preload_libraries=pg_stat_statements "
+                   "-c pg_stat_statements.track=top")
         subprocess.run(self.as_pg + [
             f"{PG_BIN}/pg_ctl", "-D", data, "-l", f"{self.work}/pg.log", "-w",
             "-o", options, "start"], check=True, stdout=subprocess.DEVNULL)
         self.pg_started = True
         self.psql("CREATE DATABASE fleet", database="postgres")
+        self.psql("CREATE EXTENSION pg_stat_statements")
         with open(f"{data}/postmaster.pid") as f:
             self.postmaster = int(f.readline())
 
@@ -231,8 +235,8 @@ class Fleet:
                     # As deployed: the hook makes every commit read the
                     # node's users fingerprint (`true` stands in for
                     # boxmeter-gen, which runs only when it changes).
-                    "hooks:\n"
-                    "  on_users_changed: \"true\"\n")
+                    + ("hooks:\n  on_users_changed: \"true\"\n"
+                       if self.args.hook == "on" else ""))
         return path
 
     def database_url(self):
@@ -438,7 +442,7 @@ class Fleet:
               f"measured {seconds:.0f} s, "
               + (f"through PgBouncer (transaction pooling, pool "
                  f"{a.pool_size})" if a.pgbouncer else "direct") +
-              f", fsync {'on' if a.fsync else 'off'}")
+              f", fsync {'on' if a.fsync else 'off'}, users hook {a.hook}")
         print(f"load average at start {' '.join(begin['load'])}, "
               f"at end {' '.join(end['load'])} ({os.cpu_count()} CPUs)")
         per_node = self.commit_latencies(begin, end)
@@ -485,6 +489,18 @@ class Fleet:
                 print(f"PgBouncer: at most {max(s[4] for s in self.samples)} "
                       "clients waiting for a server connection, longest "
                       f"wait {max(s[5] for s in self.samples):.3f} s")
+        print("statements by PostgreSQL time during the measurement "
+              "(share, calls, mean ms, statement):")
+        total = float(self.psql(
+            "SELECT sum(total_exec_time) FROM pg_stat_statements") or 0)
+        for line in self.psql(
+                "SELECT total_exec_time, calls, mean_exec_time, "
+                "regexp_replace(left(query, 200), '\\s+', ' ', 'g') "
+                "FROM pg_stat_statements WHERE calls > 0 "
+                "ORDER BY total_exec_time DESC LIMIT 6").splitlines():
+            spent, calls, mean, query = line.split("|", 3)
+            print(f"  {100 * float(spent) / max(total, 1e-9):5.1f}% "
+                  f"{int(calls):7d} {float(mean):9.2f}  {query[:110]}")
         print("growth during the measurement (table + indexes):")
         for table in sorted(end["sizes"]):
             t0, i0 = begin["sizes"].get(table, (0, 0))
@@ -526,6 +542,7 @@ class Fleet:
         # Measure whole rounds, then one more interval for the commits of the
         # last round's traffic.
         begin = self.measure_point()
+        self.psql("SELECT pg_stat_statements_reset()")
         sampler.start()
         round_start = begin["time"]
         while time.monotonic() - begin["time"] < a.seconds:
@@ -575,6 +592,7 @@ def main():
     parser.add_argument("--pool-size", type=int)
     parser.add_argument("--max-connections", type=int)
     parser.add_argument("--fsync", choices=("on", "off"), default="on")
+    parser.add_argument("--hook", choices=("on", "off"), default="on")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     args.fsync = args.fsync == "on"
