@@ -95,6 +95,7 @@ class Fleet:
         self.bouncer = None
         self.bouncer_port = None
         self.samples = []
+        self.lock_events = set()  # wait_event of the Lock waits seen
 
     # ---- PostgreSQL -------------------------------------------------------
     def psql(self, sql, port=None, database="fleet", check=True,
@@ -122,7 +123,8 @@ class Fleet:
                    f"-c fsync={'on' if self.args.fsync else 'off'} "
                    # What the commits spend their time on, for the report.
                    "-c shared_preload_libraries=pg_stat_statements "
-                   "-c pg_stat_statements.track=top")
+                   "-c pg_stat_statements.track=top "
+                   "-c pg_stat_statements.max=20000")
         subprocess.run(self.as_pg + [
             f"{PG_BIN}/pg_ctl", "-D", data, "-l", f"{self.work}/pg.log", "-w",
             "-o", options, "start"], check=True, stdout=subprocess.DEVNULL)
@@ -324,12 +326,15 @@ class Fleet:
                  " count(*) FILTER (WHERE wait_event_type = 'Lock'),"
                  " count(*) FILTER (WHERE wait_event_type = 'LWLock'),"
                  " count(*) FILTER (WHERE state = 'active'"
-                 " AND backend_type = 'client backend' AND datname = 'fleet')"
+                 " AND backend_type = 'client backend' AND datname = 'fleet'),"
+                 " coalesce(string_agg(DISTINCT wait_event, ',') FILTER"
+                 " (WHERE wait_event_type = 'Lock'), '')"
                  " FROM pg_stat_activity WHERE application_name <> 'psql'")
         while not stop.wait(1.0):
             row = self.psql(query, check=False).split("|")
-            if len(row) != 4:
+            if len(row) != 5:
                 continue
+            self.lock_events.update(e for e in row.pop().split(",") if e)
             sample = [int(v) for v in row]
             if self.args.pgbouncer:
                 sample += list(self.bouncer_pools())
@@ -484,22 +489,26 @@ class Fleet:
             print(f"lock waits in pg_stat_activity: {lock_samples} of "
                   f"{len(self.samples)} one-second samples, at most "
                   f"{max(s[1] for s in self.samples)} waiting at once; "
-                  f"LWLock waits at most {max(s[2] for s in self.samples)}")
+                  f"LWLock waits at most {max(s[2] for s in self.samples)}"
+                  + (f"; Lock waits were on: {', '.join(sorted(self.lock_events))}"
+                     if self.lock_events else ""))
             if a.pgbouncer:
                 print(f"PgBouncer: at most {max(s[4] for s in self.samples)} "
                       "clients waiting for a server connection, longest "
                       f"wait {max(s[5] for s in self.samples):.3f} s")
         print("statements by PostgreSQL time during the measurement "
               "(share, calls, mean ms, statement):")
-        total = float(self.psql(
-            "SELECT sum(total_exec_time) FROM pg_stat_statements") or 0)
         for line in self.psql(
-                "SELECT total_exec_time, calls, mean_exec_time, "
+                # By text: a statement on the commit's temporary table has
+                # a new query id in every commit (the table's OID is new).
+                "SELECT 100 * sum(total_exec_time) / sum(sum(total_exec_time))"
+                " OVER (), sum(calls), "
+                "sum(total_exec_time) / sum(calls), "
                 "regexp_replace(left(query, 200), '\\s+', ' ', 'g') "
-                "FROM pg_stat_statements WHERE calls > 0 "
-                "ORDER BY total_exec_time DESC LIMIT 6").splitlines():
-            spent, calls, mean, query = line.split("|", 3)
-            print(f"  {100 * float(spent) / max(total, 1e-9):5.1f}% "
+                "FROM pg_stat_statements WHERE calls > 0 GROUP BY query "
+                "ORDER BY 1 DESC LIMIT 6").splitlines():
+            share, calls, mean, query = line.split("|", 3)
+            print(f"  {float(share):5.1f}% "
                   f"{int(calls):7d} {float(mean):9.2f}  {query[:110]}")
         print("growth during the measurement (table + indexes):")
         for table in sorted(end["sizes"]):
