@@ -344,7 +344,10 @@ void Collector::StartDatabaseWork() {
   if (engine_.HasPending()) return StartCommit();
   if (StartMarkEvent()) return;
   if (ending_ == Ending::kNone) {
-    if (StartCheckUsers()) return;
+    // Not while a fetch is in flight: if it brings traffic, its commit
+    // reads the fingerprint anyway (and if not, the check follows it). The
+    // fingerprint is most of a fleet's database work (BENCHMARKS.md).
+    if (fetch_in_flight_ == 0 && StartCheckUsers()) return;
     if (StartReadEvents()) return;
     if (steady_clock::now() - lease_renewed_ >= LeaseTtl() / 3) StartRenew();
     return;
@@ -728,7 +731,10 @@ void Collector::OnCommitted(CommitResult result, size_t rows,
       database_health_.Up(fmt::format("committed {} counters", rows));
       backoff_ = milliseconds(0);
       retry_after_ = {};
-      LogDebug("committed {} counters (commit {})", rows, engine_.commit_seq());
+      // The exact duration, for scripts/fleet.sh's latency percentiles (the
+      // metrics histogram only has buckets).
+      LogDebug("committed {} counters (commit {}) in {:.3f} ms", rows,
+               engine_.commit_seq(), SecondsSince(commit_started_) * 1000);
       if (ending_ == Ending::kNone && !result.users_fingerprint.empty()) {
         users_checked_ = true;
         hooks_.UsersFingerprint(result.users_fingerprint);

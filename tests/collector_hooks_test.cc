@@ -63,6 +63,27 @@ TEST_F(CollectorHooksTest, AChangeWithoutTrafficIsNoticedOnAnIdlePoll) {
   EXPECT_EQ(hook_.Runs(), 2);
 }
 
+// The commit reads the fingerprint; a poll with traffic must not also read
+// it on its own while its fetch is in flight (scripts/fleet.sh: the
+// fingerprint was most of PostgreSQL's work for a fleet, and was read twice
+// per poll).
+TEST_F(CollectorHooksTest, APollWithTrafficReadsTheFingerprintOnce) {
+  Create();
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return hook_.Runs() == 1; }));
+  int reads = store_.fingerprint_reads();
+  int commits = store_.applied();
+  int fetches = source_.fetches();
+  ASSERT_TRUE(RunUntil([&] {
+    source_.Add(CounterKind::kUser, "alice", 10, 20);
+    return source_.fetches() >= fetches + 10;
+  }));
+  EXPECT_GE(store_.applied() - commits, 5) << "traffic on most polls";
+  // One read per poll at most (the poll in flight may add one).
+  EXPECT_LE(store_.fingerprint_reads() - reads,
+            source_.fetches() - fetches + 1);
+}
+
 TEST_F(CollectorHooksTest, AFailingHookIsRetriedAtMostOncePerPoll) {
   config_.hooks.on_users_changed += "; exit 1";
   Create();

@@ -228,6 +228,16 @@ size_t FakeStatsServer::size() const {
   return state_->counters.size();
 }
 
+std::vector<std::pair<std::string, int64_t>> FakeStatsServer::Counters() const {
+  std::lock_guard lock(state_->mu);
+  std::vector<std::pair<std::string, int64_t>> out;
+  out.reserve(state_->counters.size());
+  for (const auto& counter : state_->counters) {
+    out.emplace_back(counter.name, counter.value);
+  }
+  return out;
+}
+
 void FakeStatsServer::Restart() {
   std::lock_guard lock(state_->mu);
   state_->counters.clear();

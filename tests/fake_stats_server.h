@@ -28,6 +28,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "stats.pb.h"
 
@@ -63,6 +65,8 @@ class FakeStatsServer {
   void Add(const std::string& name, int64_t delta);
   std::optional<int64_t> Get(const std::string& name) const;
   size_t size() const;
+  // Every counter with its value, in the order they were created.
+  std::vector<std::pair<std::string, int64_t>> Counters() const;
 
   // A sing-box restart or reload: no counters, uptime from 0, offset 0.
   void Restart();

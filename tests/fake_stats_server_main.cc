@@ -10,12 +10,22 @@
 //   set NAME VALUE        add NAME DELTA        restart
 //   delay MS              fail CODE|none        populate N
 //   touch FRACTION BYTES  uptime SECONDS        duplicate on|off
+//   users N               traffic ACTIVE BYTES  dump PATH
 //   quit
 //
 // CODE is a gRPC status name (UNIMPLEMENTED) or number (12). NAME may contain
 // spaces: the number is the last word. End of input is quit.
+//
+// A node's traffic, for scripts/fleet.sh: `users N` makes users u000000 to
+// u(N-1) exist at 0 with one inbound and one outbound, as sing-box shows
+// them once each has connected; `traffic ACTIVE BYTES` gives the next ACTIVE
+// of them (in turn, wrapping) BYTES up and 4*BYTES down, and the inbound and
+// the outbound the same sums. `dump PATH` writes every counter as
+// "NAME<TAB>VALUE" lines to PATH, for comparing with the database.
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -85,8 +95,62 @@ bool SplitNameAndNumber(std::string_view args, std::string* name,
   return true;
 }
 
+// The users `users N` made, and the next one `traffic` starts at.
+struct NodeTraffic {
+  size_t users = 0;
+  size_t next = 0;
+};
+
+constexpr const char* kInbound = "inbound>>>vless-in>>>traffic>>>";
+constexpr const char* kOutbound = "outbound>>>direct>>>traffic>>>";
+
+std::string UserCounter(size_t user, const char* direction) {
+  char name[64];
+  std::snprintf(name, sizeof name, "user>>>u%06zu>>>traffic>>>%s", user,
+                direction);
+  return name;
+}
+
+void MakeUsers(FakeStatsServer& server, NodeTraffic& node, size_t users) {
+  for (const char* direction : {"uplink", "downlink"}) {
+    server.Add(std::string(kInbound) + direction, 0);
+    server.Add(std::string(kOutbound) + direction, 0);
+  }
+  for (size_t user = 0; user < users; ++user) {
+    server.Add(UserCounter(user, "uplink"), 0);
+    server.Add(UserCounter(user, "downlink"), 0);
+  }
+  node.users = std::max(node.users, users);
+}
+
+void AddTraffic(FakeStatsServer& server, NodeTraffic& node, size_t active,
+                int64_t bytes) {
+  active = std::min(active, node.users);
+  for (size_t i = 0; i < active; ++i) {
+    size_t user = node.next++ % node.users;
+    server.Add(UserCounter(user, "uplink"), bytes);
+    server.Add(UserCounter(user, "downlink"), 4 * bytes);
+  }
+  int64_t up = bytes * static_cast<int64_t>(active);
+  server.Add(std::string(kInbound) + "uplink", up);
+  server.Add(std::string(kInbound) + "downlink", 4 * up);
+  server.Add(std::string(kOutbound) + "uplink", up);
+  server.Add(std::string(kOutbound) + "downlink", 4 * up);
+}
+
+std::string Dump(const FakeStatsServer& server, const std::string& path) {
+  std::ofstream out(path, std::ios::trunc);
+  for (const auto& [name, value] : server.Counters()) {
+    out << name << '\t' << value << '\n';
+  }
+  out.close();
+  if (!out) return "cannot write " + path + ": check the directory exists";
+  return "";
+}
+
 // Runs one command. Returns "" for ok, or why it failed.
-std::string Run(FakeStatsServer& server, std::string_view line, bool* quit) {
+std::string Run(FakeStatsServer& server, NodeTraffic& node,
+                std::string_view line, bool* quit) {
   size_t space = line.find(' ');
   std::string_view command = line.substr(0, space);
   std::string_view args =
@@ -136,6 +200,23 @@ std::string Run(FakeStatsServer& server, std::string_view line, bool* quit) {
   } else if (command == "duplicate") {
     if (args != "on" && args != "off") return "duplicate wants on or off";
     server.SetDuplicateEverything(args == "on");
+  } else if (command == "users") {
+    size_t users = 0;
+    if (!ParseNumber(args, &users)) return "users wants a user count";
+    MakeUsers(server, node, users);
+  } else if (command == "traffic") {
+    std::istringstream in{std::string(args)};
+    size_t active = 0;
+    int64_t bytes = 0;
+    std::string rest;
+    if (!(in >> active >> bytes) || (in >> rest) || bytes < 0) {
+      return "traffic wants ACTIVE (a user count) and BYTES (>= 0)";
+    }
+    if (node.users == 0 && active > 0) return "traffic wants `users N` first";
+    AddTraffic(server, node, active, bytes);
+  } else if (command == "dump") {
+    if (args.empty()) return "dump wants a file path";
+    return Dump(server, std::string(args));
   } else if (command == "quit") {
     *quit = true;
   } else {
@@ -191,11 +272,12 @@ int main(int argc, char** argv) {
   std::cout << "listening " << server->address() << std::endl;
 
   std::string line;
+  NodeTraffic node;
   bool quit = false;
   while (!quit && std::getline(std::cin, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
-    std::string error = Run(*server, line, &quit);
+    std::string error = Run(*server, node, line, &quit);
     std::cout << (error.empty() ? "ok" : "error " + error) << std::endl;
   }
   server->Shutdown();

@@ -11,6 +11,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "stats.grpc.pb.h"
@@ -196,6 +197,19 @@ TEST(FakeStatsServerNamesTest, TouchFractionGrowsThatShareOnce) {
   }
   EXPECT_EQ(touched, 100);
   EXPECT_EQ(total, 500);
+}
+
+TEST(FakeStatsServerNamesTest, CountersListsEveryValueInCreationOrder) {
+  FakeStatsServer server;
+  server.Set("user>>>bob>>>traffic>>>uplink", 7);
+  server.Add("inbound>>>in>>>traffic>>>downlink", 3);
+  server.Add("user>>>bob>>>traffic>>>uplink", 5);
+  using Entry = std::pair<std::string, int64_t>;
+  EXPECT_EQ(server.Counters(),
+            (std::vector<Entry>{{"user>>>bob>>>traffic>>>uplink", 12},
+                                {"inbound>>>in>>>traffic>>>downlink", 3}}));
+  server.Restart();
+  EXPECT_TRUE(server.Counters().empty());
 }
 
 TEST(FakeStatsServerNamesTest, RefusesAPortInUse) {

@@ -100,6 +100,7 @@ class FakeStore : public Store {
       lease_expires_ = std::max(lease_expires_, clock_() + batch.lease_ttl);
     }
     if (next == Next::kApplied) {
+      if (batch.read_users_fingerprint) ++fingerprint_reads_;
       return {CommitOutcome::kApplied, Status::Ok(),
               batch.read_users_fingerprint ? users_fingerprint_ : ""};
     }
@@ -284,6 +285,7 @@ class FakeStore : public Store {
     std::lock_guard lock(mu_);
     users_fingerprint_ = std::move(fingerprint);
   }
+  // Reads of the users fingerprint: alone, and in applied commits.
   int fingerprint_reads() {
     std::lock_guard lock(mu_);
     return fingerprint_reads_;
