@@ -216,6 +216,9 @@ RETURNS text
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path FROM CURRENT
+-- Its DROP TRIGGER IF EXISTS would otherwise tell the operator, for each
+-- trigger that is not there, that it skipped it.
+SET client_min_messages = warning
 AS $set_events$
 BEGIN
   IF enabled IS NULL THEN

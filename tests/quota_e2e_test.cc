@@ -447,5 +447,41 @@ TEST_F(QuotaLoopV2RayTest, PeriodBoundaryBringsAnOverQuotaUserBackInOnePoll) {
   EXPECT_EQ(collector_->Wait(20s), 0) << Tail(ReadFile(log_));
 }
 
+// schema/0010_online_on_hold.sql: an on-hold user's 30 days start at the
+// first byte the collector commits for them through v2ray-core, not when
+// they were put on hold.
+TEST_F(QuotaLoopV2RayTest, OnHoldExpiryStartsAtTheFirstByte) {
+  std::string log;
+  ASSERT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--config", config_path()}),
+                       60s, &log),
+            0)
+      << log;
+  V2RayServer v2ray(Translate(Json::parse(ReadFile(output_))));
+  v2ray.Start();
+  WriteConfigFile(v2ray.ApiAddress());
+  pg_->Query("quota", "SELECT set_on_hold('bob', interval '30 days')");
+  StartCollector();
+  const std::string status =
+      "SELECT on_hold, expires_at IS NULL, first_seen IS NULL, state FROM "
+      "user_quota_status WHERE name = 'bob'";
+  EXPECT_EQ(pg_->Query("quota", status), "t|t|t|active");
+  std::string held_until = pg_->Query("quota", "SELECT clock_timestamp()");
+  PushTraffic(*target_, v2ray.SocksPort(1), "bob", "bob-pw", 1000, 1000);
+  ASSERT_TRUE(
+      WaitUntil([&] { return pg_->Query("quota", status) == "f|f|f|active"; },
+                kWait, 100ms))
+      << pg_->Query("quota", status) << "\n"
+      << Tail(ReadFile(log_));
+  EXPECT_EQ(pg_->Query("quota",
+                       "SELECT expires_at = first_seen + interval '30 days', "
+                       "first_seen >= '" +
+                           held_until +
+                           "'::timestamptz FROM user_quota_status WHERE name "
+                           "= 'bob'"),
+            "t|t");
+  collector_->Signal(SIGTERM);
+  EXPECT_EQ(collector_->Wait(20s), 0) << Tail(ReadFile(log_));
+}
+
 }  // namespace
 }  // namespace boxmeter::testing

@@ -40,6 +40,7 @@ const std::set<std::string> kNotNodeScoped = {
     "renamed_users",
     "quota_periods",
     "usage_events",
+    "usage_event_delivery",  // one row: who delivers events now
     "boxmeter_settings",
     "history_retention",
     "schema_migrations",
