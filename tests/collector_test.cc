@@ -32,6 +32,22 @@ class CollectorTest : public CollectorFixture {
   int Count(const std::string& event) {
     return std::count(notifier_.events.begin(), notifier_.events.end(), event);
   }
+
+  // alice's 10/20 committed, then the collector crashes (its lease stays
+  // with it, lapsing in 600 ms); a new one starts in standby, and alice's
+  // next 5/5 are seen by two of its polls, not committed.
+  void RestartInStandbyAfterACrash() {
+    source_.Add(CounterKind::kUser, "alice", 10, 20);
+    collector_->Start();
+    ASSERT_TRUE(RunUntil([&] { return store_.applied() == 1; }));
+    collector_.reset();
+    store_.StealLease("host fake pid 1 crashed", 600ms);
+    Create();
+    collector_->Start();
+    source_.Add(CounterKind::kUser, "alice", 5, 5);
+    int fetches = source_.fetches();
+    ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 2; }));
+  }
 };
 
 TEST_F(CollectorTest, OnceCommitsWhatWasCounted) {
@@ -289,16 +305,7 @@ TEST_F(CollectorTest, FlushWaitsForTheLeaseOfACrashedCollectorToLapse) {
 // was seen by a standby poll only: the takeover must commit it, and the new
 // instance's traffic too.
 TEST_F(CollectorTest, ASingBoxRestartWhileWaitingForTheLeaseLosesNothing) {
-  source_.Add(CounterKind::kUser, "alice", 10, 20);
-  collector_->Start();
-  ASSERT_TRUE(RunUntil([&] { return store_.applied() == 1; }));
-  collector_.reset();  // crashed: the lease stays with its holder
-  store_.StealLease("host fake pid 1 crashed", 600ms);
-  Create();
-  collector_->Start();
-  source_.Add(CounterKind::kUser, "alice", 5, 5);  // after the last commit
-  int fetches = source_.fetches();
-  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 2; }));
+  ASSERT_NO_FATAL_FAILURE(RestartInStandbyAfterACrash());
   EXPECT_FALSE(store_.lease().held) << "took over before the lease lapsed";
   source_.Restart();
   source_.Add(CounterKind::kUser, "alice", 1, 2);
@@ -312,16 +319,7 @@ TEST_F(CollectorTest, ASingBoxRestartWhileWaitingForTheLeaseLosesNothing) {
 // polls saw is committed by no one else, so the stop waits for the takeover
 // (the lease lapses well within the stop budget) and commits it.
 TEST_F(CollectorTest, StopWhileWaitingForACrashedPredecessorCommitsAfterIt) {
-  source_.Add(CounterKind::kUser, "alice", 10, 20);
-  collector_->Start();
-  ASSERT_TRUE(RunUntil([&] { return store_.applied() == 1; }));
-  collector_.reset();  // crashed: the lease stays with its holder
-  store_.StealLease("host fake pid 1 crashed", 600ms);
-  Create();
-  collector_->Start();
-  source_.Add(CounterKind::kUser, "alice", 5, 5);  // after the last commit
-  int fetches = source_.fetches();
-  ASSERT_TRUE(RunUntil([&] { return source_.fetches() >= fetches + 2; }));
+  ASSERT_NO_FATAL_FAILURE(RestartInStandbyAfterACrash());
   ASSERT_FALSE(store_.lease().held);
   collector_->Stop();
   io_.run();

@@ -303,6 +303,15 @@ class QuotaLoopV2RayTest : public QuotaLoopTest {
         << "  timeout: 30s\n";
   }
 
+  // boxmeter-gen writes the config, before v2ray-core starts from it.
+  void GenerateConfig() {
+    std::string log;
+    ASSERT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--config", config_path()}),
+                         60s, &log),
+              0)
+        << log;
+  }
+
   // What v2ray-core runs of boxmeter-gen's config; fails the test on
   // anything but socks inbounds with users.
   static V2RayServer::Options Translate(const Json& config) {
@@ -329,11 +338,7 @@ class QuotaLoopV2RayTest : public QuotaLoopTest {
 TEST_F(QuotaLoopV2RayTest,
        LastUserOverQuotaClosesTheInboundInsteadOfOpeningIt) {
   // The first config, written before v2ray-core starts, has both inbounds.
-  std::string log;
-  ASSERT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--config", config_path()}),
-                       60s, &log),
-            0)
-      << log;
+  ASSERT_NO_FATAL_FAILURE(GenerateConfig());
   ASSERT_EQ(Tags(), (std::vector<std::string>{"socks-a", "socks-b"}));
   auto v2ray =
       std::make_unique<V2RayServer>(Translate(Json::parse(ReadFile(output_))));
@@ -392,11 +397,7 @@ TEST_F(QuotaLoopV2RayTest,
 // poll reads the users fingerprint, which moves at the boundary, and the
 // hook writes her back into the config within one poll.
 TEST_F(QuotaLoopV2RayTest, PeriodBoundaryBringsAnOverQuotaUserBackInOnePoll) {
-  std::string log;
-  ASSERT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--config", config_path()}),
-                       60s, &log),
-            0)
-      << log;
+  ASSERT_NO_FATAL_FAILURE(GenerateConfig());
   V2RayServer v2ray(Translate(Json::parse(ReadFile(output_))));
   v2ray.Start();
   WriteConfigFile(v2ray.ApiAddress());
@@ -451,11 +452,7 @@ TEST_F(QuotaLoopV2RayTest, PeriodBoundaryBringsAnOverQuotaUserBackInOnePoll) {
 // first byte the collector commits for them through v2ray-core, not when
 // they were put on hold.
 TEST_F(QuotaLoopV2RayTest, OnHoldExpiryStartsAtTheFirstByte) {
-  std::string log;
-  ASSERT_EQ(RunCommand(Command({BOXMETER_GEN_BIN, "--config", config_path()}),
-                       60s, &log),
-            0)
-      << log;
+  ASSERT_NO_FATAL_FAILURE(GenerateConfig());
   V2RayServer v2ray(Translate(Json::parse(ReadFile(output_))));
   v2ray.Start();
   WriteConfigFile(v2ray.ApiAddress());
