@@ -186,8 +186,8 @@ void Collector::Stop() {
   fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
   ArmStopDeadline();
   // The backoff after a long outage may be half a minute, more than the
-  // stop budget: from now on the database is tried again every second.
-  backoff_ = std::min(backoff_, kMinBackoff);
+  // stop budget: from now on the database is tried again every second
+  // (AfterDatabaseFailure keeps to that while stopping).
   if (retry_after_ > steady_clock::now() + kMinBackoff) {
     retry_after_ = steady_clock::now() + kMinBackoff;
     ScheduleRetry();
@@ -1027,14 +1027,12 @@ void Collector::SchedulePoll() {
   });
 }
 
-std::chrono::milliseconds Collector::StopBudget() const {
-  // A fetch is bounded by its deadline; a database call by libpq's connect
-  // timeout and the server.
-  return config_.source.timeout * 3 + std::chrono::seconds(10);
+std::chrono::milliseconds Collector::StopBudget(const Config& config) {
+  return config.source.timeout * 3 + std::chrono::seconds(10);
 }
 
 void Collector::ArmStopDeadline() {
-  stop_deadline_ = steady_clock::now() + StopBudget();
+  stop_deadline_ = steady_clock::now() + StopBudget(config_);
   stop_timer_.expires_at(stop_deadline_);
   stop_timer_.async_wait([this](boost::system::error_code ec) {
     if (ec) return;
@@ -1046,7 +1044,7 @@ void Collector::ArmStopDeadline() {
     LogError(
         "gave up waiting for {} after {}ms (the stop budget, 3 x "
         "source.timeout + 10 s); exiting with {} bytes not committed",
-        waiting, StopBudget().count(), engine_.pending_bytes());
+        waiting, StopBudget(config_).count(), engine_.pending_bytes());
     std::fflush(stderr);
     // The database thread may be stuck in a blocking call that cannot be
     // interrupted; leave without running destructors that would join it.

@@ -132,6 +132,11 @@ class Collector {
   int ExitCode() const { return exit_code_; }
   bool succeeded() const { return exit_code_ == 0; }
 
+  // How long a stop may take with `config` (3 x source.timeout + 10 s): a
+  // fetch is bounded by its deadline, a database call by libpq's connect
+  // timeout and the server. `--flush` waits as long, plus a lease.
+  static std::chrono::milliseconds StopBudget(const Config& config);
+
  private:
   enum class Phase { kLoading, kStandby, kRunning, kStopped };
   enum class DbWork {
@@ -213,7 +218,6 @@ class Collector {
   static std::string_view DbWorkName(DbWork work);
   // The event delivery lease: one hook run and the calls around it.
   std::chrono::milliseconds EventLeaseTtl() const;
-  std::chrono::milliseconds StopBudget() const;
 
   // Runs `work` on the database thread and `then` with its result on the
   // loop; db_ is `what` meanwhile.

@@ -86,8 +86,8 @@ int Flush(const Config& config) {
   // As long as the collector's own stop may take (a fetch, then a commit),
   // plus a lease to lapse: a collector restarted after a crash commits only
   // once its predecessor's lease has lapsed.
-  auto timeout = config.source.timeout * 3 + std::chrono::seconds(10) +
-                 WriterLeaseTtl(config.poll.interval);
+  auto timeout =
+      Collector::StopBudget(config) + WriterLeaseTtl(config.poll.interval);
   Status status = RequestFlush(config.control.socket, config.node, timeout);
   if (!status.ok()) {
     LogError("{}", status.message());
