@@ -29,11 +29,18 @@ constexpr milliseconds kSlowDatabaseCall{10000};
 // renewed: its holder is running. (Each renewal moves it by at least 1 s.)
 constexpr milliseconds kLeaseRenewalSlack{500};
 
-// How often a stop tries its final poll again when it fails.
-// A stats API that was just restarted may take a moment to listen again;
-// the pauses grow (250, 500, 750 ms), 1.5 s in all.
-constexpr int kFinalFetchTries = 3;
-constexpr milliseconds kFinalFetchPause{250};
+// A failed fetch that a stop, a flush or a hook run waits for is tried
+// again after growing pauses (250, 500, 750 ms, then every second). A stats
+// API that was just restarted refuses until it listens again, and gRPC fails
+// calls at once until its reconnect backoff ends (at most 2 s plus jitter,
+// grpc_stats_source.cc). A stop tries 3 more times (1.5 s: at shutdown
+// sing-box may be gone for good, and a gone one refuses at once); a flush or
+// a hook run, whose caller wants the commit before a reload, 6 times (4.5 s,
+// past a whole backoff).
+constexpr int kStopFetchRetries = 3;
+constexpr int kFlushFetchRetries = 6;
+constexpr milliseconds kFetchRetryPause{250};
+constexpr milliseconds kMaxFetchRetryPause{1000};
 // What a stop keeps of its budget after its last fetch: a commit and the
 // lease's release. A retry of the final fetch that could not leave this much
 // is not started.
@@ -99,6 +106,7 @@ Collector::Collector(boost::asio::io_context& io, const Config& config,
       hooks_(io, config.hooks, config.path),
       poll_timer_(io),
       retry_timer_(io),
+      fetch_retry_timer_(io),
       watchdog_timer_(io),
       stop_timer_(io),
       db_slow_timer_(io),
@@ -184,6 +192,7 @@ void Collector::Stop() {
   poll_timer_.cancel();
   stop_after_fetch_ = fetches_started_;
   fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
+  fetch_retries_ = 0;  // a new wait gets its own tries
   ArmStopDeadline();
   // The backoff after a long outage may be half a minute, more than the
   // stop budget: from now on the database is tried again every second
@@ -206,7 +215,10 @@ void Collector::Flush(FlushDone done) {
     done(Status::Unavailable("node " + config_.node + ": " + standby_.reason));
     return;
   }
-  waiters_.push_back(Waiter{fetches_started_, 0, std::move(done)});
+  waiters_.push_back(Waiter{fetches_started_, 0,
+                            steady_clock::now() + StopBudget(config_),
+                            std::move(done)});
+  fetch_retries_ = 0;
   fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
   Advance();
 }
@@ -311,6 +323,8 @@ void Collector::AdvanceHooks() {
     // counted up to now first, so the reload costs milliseconds of traffic
     // and not up to a poll interval.
     hook_flush_after_ = fetches_started_;
+    hook_flush_deadline_ = steady_clock::now() + StopBudget(config_);
+    fetch_retries_ = 0;
     fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
     return;
   }
@@ -403,6 +417,7 @@ void Collector::Finish(int exit_code) {
   phase_ = Phase::kStopped;
   poll_timer_.cancel();
   retry_timer_.cancel();
+  fetch_retry_timer_.cancel();
   watchdog_timer_.cancel();
   stop_timer_.cancel();
   db_slow_timer_.cancel();
@@ -538,34 +553,16 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
     source_health_.Down(status.message());
     last_poll_result_ = "stats API: " + status.message();
     RecordPoll(false, 0);
-    milliseconds next_pause = kFinalFetchPause * (final_fetch_tries_ + 1);
-    bool retry_fits = steady_clock::now() + next_pause +
-                          config_.source.timeout + kStopCommitReserve <=
-                      stop_deadline_;
-    if (ending_ == Ending::kStop && fetch > stop_after_fetch_ &&
-        final_fetch_tries_ < kFinalFetchTries && retry_fits) {
-      // The final poll failed (a stats API slow to answer, or just
-      // restarted): try again while the stop budget lasts. A sing-box that
-      // is already gone refuses at once, so this costs nothing then; one
-      // that hangs costs a source.timeout a try, and the tries stop while
-      // the budget still holds a commit (a final poll that never answers
-      // leaves nothing uncommitted: exit 0, as when the tries run out).
-      ++final_fetch_tries_;
-      stop_after_fetch_ = fetch;
-      poll_timer_.expires_after(next_pause);
-      poll_timer_.async_wait([this](boost::system::error_code ec) {
-        if (ec) return;
-        fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
-        Advance();
+    if (!RetryWaitedFetch(fetch)) {
+      std::erase_if(waiters_, [&](Waiter& waiter) {
+        if (waiter.fetch != 0 || waiter.after_fetch >= fetch) return false;
+        waiter.done(status);
+        return true;
       });
     }
-    std::erase_if(waiters_, [&](Waiter& waiter) {
-      if (waiter.fetch != 0 || waiter.after_fetch >= fetch) return false;
-      waiter.done(status);
-      return true;
-    });
   } else {
     last_fetch_ok_ = fetch;
+    fetch_retries_ = 0;
     source_health_.Up(fmt::format("{} counters", snapshot.counters.size()));
     if (snapshot.malformed > 0 && !warned_malformed_) {
       LogWarn(
@@ -601,6 +598,50 @@ void Collector::OnFetched(int64_t fetch, Status status, StatsReply reply) {
     }
   }
   Advance();
+}
+
+bool Collector::RetryWaitedFetch(int64_t fetch) {
+  // Who waits for this fetch: how many tries they allow, and until when.
+  int tries = 0;
+  steady_clock::time_point deadline{};
+  auto waits = [&](int allowed, steady_clock::time_point until) {
+    tries = std::max(tries, allowed);
+    deadline = std::max(deadline, until);
+  };
+  bool hook_waits = hook_flush_after_ >= 0 && fetch > hook_flush_after_;
+  if (ending_ == Ending::kStop) {
+    if (fetch > stop_after_fetch_) waits(kStopFetchRetries, stop_deadline_);
+  } else {
+    for (const Waiter& waiter : waiters_) {
+      if (waiter.fetch == 0 && waiter.after_fetch < fetch) {
+        waits(kFlushFetchRetries, waiter.deadline);
+      }
+    }
+    if (hook_waits) waits(kFlushFetchRetries, hook_flush_deadline_);
+  }
+  milliseconds pause =
+      std::min(kFetchRetryPause * (fetch_retries_ + 1), kMaxFetchRetryPause);
+  // A try that hangs costs a source.timeout; the tries stop while the
+  // deadline still holds a commit (a stop's final poll that never answers
+  // leaves nothing uncommitted: exit 0, as when the tries run out).
+  if (fetch_retries_ >= tries || steady_clock::now() + pause +
+                                         config_.source.timeout +
+                                         kStopCommitReserve >
+                                     deadline) {
+    return false;
+  }
+  ++fetch_retries_;
+  // The stop and a hook run now wait for the retry, not this fetch; a
+  // flush waits for any fetch after its request that works.
+  if (ending_ == Ending::kStop) stop_after_fetch_ = fetch;
+  if (hook_waits) hook_flush_after_ = fetch;
+  fetch_retry_timer_.expires_after(pause);
+  fetch_retry_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec || phase_ == Phase::kStopped) return;
+    fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
+    Advance();
+  });
+  return true;
 }
 
 void Collector::AdvanceEvents() {

@@ -159,6 +159,8 @@ class Collector {
   struct Waiter {
     int64_t after_fetch = 0;
     int64_t fetch = 0;  // 0: no successful fetch for it yet
+    // A failed fetch is tried again for it only if the retry ends by then.
+    std::chrono::steady_clock::time_point deadline;
     FlushDone done;
   };
 
@@ -206,6 +208,9 @@ class Collector {
   // A read or mark of usage events failed: logged, tried on the next poll.
   void EventDatabaseFailure(const Status& status);
   void FailWaiters(const Status& status, bool all);
+  // Schedules another try of a failed fetch when a stop, a flush or a hook
+  // run waits for it and its tries and deadline allow; false: none.
+  bool RetryWaitedFetch(int64_t fetch);
   void SchedulePoll();
   void ScheduleRetry();
   void ScheduleWatchdog();
@@ -253,10 +258,13 @@ class Collector {
   int64_t committed_fetch_ = 0;
   std::vector<Waiter> waiters_;
   int64_t stop_after_fetch_ = 0;  // ending_: the final fetch is above this
-  int final_fetch_tries_ = 0;     // retries of a failed final fetch
+  // Retries of failed fetches that someone waits for, since the last fetch
+  // that worked.
+  int fetch_retries_ = 0;
   std::chrono::steady_clock::time_point stop_deadline_{};  // ending_: gives up
   int64_t hook_flush_after_ = -1;  // a hook run waits for this flush
-  int64_t unresolved_fetch_ = 0;   // the fetch of a commit of unknown outcome
+  std::chrono::steady_clock::time_point hook_flush_deadline_;
+  int64_t unresolved_fetch_ = 0;  // the fetch of a commit of unknown outcome
   // Its batch, kept for the metrics (only with metrics_): its deltas join
   // the exposed totals if it turns out to have applied.
   std::shared_ptr<const CommitBatch> unresolved_batch_;
@@ -269,6 +277,7 @@ class Collector {
 
   boost::asio::steady_timer poll_timer_;
   boost::asio::steady_timer retry_timer_;
+  boost::asio::steady_timer fetch_retry_timer_;
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer stop_timer_;
   boost::asio::steady_timer db_slow_timer_;  // a database call takes long

@@ -27,9 +27,12 @@ namespace api = v2ray::core::app::stats::command;
 constexpr char kTrafficPattern[] = ">>>traffic>>>";
 
 // gRPC's default backoff grows to two minutes: a sing-box that restarted
-// would stay invisible for many polls.
+// would stay invisible for many polls. Until the backoff ends, calls fail at
+// once; a flush retries for 4.5 s (collector.cc), past the longest backoff
+// (2 s, and gRPC's 20% jitter). A reconnect a second or two to a local port
+// costs nothing.
 constexpr int kInitialReconnectBackoffMs = 1000;
-constexpr int kMaxReconnectBackoffMs = 5000;
+constexpr int kMaxReconnectBackoffMs = 2000;
 
 std::string_view CodeName(grpc::StatusCode code) {
   switch (code) {

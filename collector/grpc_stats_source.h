@@ -16,7 +16,7 @@
 //
 // The channel is created once and reused. It has no TLS (the API has none)
 // and ignores http_proxy (the API lives on loopback or in the pod). Its
-// reconnect backoff is capped at a few seconds, so a sing-box that restarted
+// reconnect backoff is capped at 2 s, so a sing-box that restarted
 // is seen again on the next poll.
 #pragma once
 

@@ -47,6 +47,20 @@ TEST_F(CollectorHooksTest, RunsOnceAtStartThenWhenACommitChangesTheUsers) {
   EXPECT_EQ(hook_.Runs(), 2);
 }
 
+// The flush before a run retries a poll that failed (a sing-box restarted
+// a moment ago), so the run's reload does not lose what was counted.
+TEST_F(CollectorHooksTest, TheFlushBeforeARunTriesAFailedPollAgain) {
+  config_.poll.interval = std::chrono::hours(1);  // only the flush polls
+  Create();
+  source_.Add(CounterKind::kUser, "alice", 10, 20);
+  source_.FailNext(3);
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return hook_.Runs() == 1; }));
+  EXPECT_EQ(source_.fetches(), 4) << "three failed polls, then one that worked";
+  EXPECT_EQ(store_.Total(CounterKey{CounterKind::kUser, "alice"}),
+            (CounterValues{10, 20}));
+}
+
 TEST_F(CollectorHooksTest, AChangeWithoutTrafficIsNoticedOnAnIdlePoll) {
   Create();
   collector_->Start();

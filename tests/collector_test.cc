@@ -281,6 +281,26 @@ TEST_F(CollectorTest, FlushFailsWhenTheStatsApiFails) {
   EXPECT_FALSE(answer->ok());
   EXPECT_NE(answer->message().find("sing-box is gone"), std::string::npos)
       << answer->message();
+  EXPECT_EQ(source_.fetches(), 1 + 7) << "the flush's poll, six retries";
+}
+
+// Right after a sing-box restart gRPC fails calls at once until its
+// reconnect backoff ends: a reload's flush then must wait, not fail (the
+// chaos run that found this: --flush exited 69 just after a v2ray-core
+// restart, with the database healthy).
+TEST_F(CollectorTest, FlushTriesAFailedPollAgain) {
+  config_.poll.interval = std::chrono::hours(1);
+  Create();
+  collector_->Start();
+  ASSERT_TRUE(RunUntil([&] { return source_.fetches() == 1; }));
+  source_.Add(CounterKind::kUser, "alice", 3, 4);
+  source_.FailNext(3);
+  std::optional<Status> answer;
+  collector_->Flush([&](Status status) { answer = status; });
+  ASSERT_TRUE(RunUntil([&] { return answer.has_value(); }));
+  EXPECT_TRUE(answer->ok()) << answer->message();
+  EXPECT_EQ(store_.Total(kAlice), (CounterValues{3, 4}));
+  EXPECT_EQ(source_.fetches(), 1 + 4) << "three failed tries, one that worked";
 }
 
 // A collector restarted after a crash finds its predecessor's lease; a

@@ -313,6 +313,40 @@ TEST_F(ExactlyOnceE2eTest, FlushThenImmediateRestartLosesNothing) {
   StopAndCompare();
 }
 
+// A core restart that the collector's polls saw as an outage puts gRPC's
+// channel in its reconnect backoff, in which calls fail at once: a --flush
+// right after the core is back (a second reload soon after a first) must
+// wait for the channel, not fail (found by chaos: --flush exited 69 just after
+// a v2ray-core restart with the database healthy).
+TEST_F(ExactlyOnceE2eTest, FlushRightAfterACoreRestartWaitsForTheStatsApi) {
+  TempDir runtime;
+  CollectorRunner::Settings settings = CollectorSettings();
+  settings.control_socket = runtime.path() + "/collector.sock";
+  collector_ = NewCollector(settings);
+  collector_->Start();
+  ASSERT_TRUE(AwaitFirstCommit());
+  for (int round = 1; round <= 3; ++round) {
+    PushFromEveryone(round * 10'000);
+    ASSERT_EQ(collector_->Flush(30s), 0) << collector_->LogTail();
+    size_t outages = collector_->CountLogLines("cannot reach the stats API");
+    BankAndStop();
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          return collector_->CountLogLines("cannot reach the stats API") >
+                 outages;
+        },
+        10s, 20ms))
+        << "no poll saw the core gone\n"
+        << collector_->LogTail();
+    StartV2Ray();
+    PushFromEveryone(round * 1000);
+    ASSERT_EQ(collector_->Flush(30s), 0) << "round " << round << "\n"
+                                         << collector_->LogTail();
+    ASSERT_TRUE(DatabaseEqualsV2RayNow()) << "right after --flush " << round;
+  }
+  StopAndCompare();
+}
+
 // --flush with no collector running for the config: 69 (EX_UNAVAILABLE).
 TEST_F(ExactlyOnceE2eTest, FlushWithoutACollectorFails) {
   TempDir runtime;

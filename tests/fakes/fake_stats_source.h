@@ -19,6 +19,10 @@ class FakeStatsSource : public StatsSource {
       std::lock_guard lock(mu_);
       ++fetches_;
       status = failure_;
+      if (status.ok() && fail_next_ > 0) {
+        --fail_next_;
+        status = Status::Unavailable("sing-box is not listening yet");
+      }
       if (status.ok()) {
         // The instance started at start_ms_; uptime is in whole seconds.
         uint32_t uptime = static_cast<uint32_t>((now_ms_ - start_ms_) / 1000);
@@ -55,6 +59,12 @@ class FakeStatsSource : public StatsSource {
     std::lock_guard lock(mu_);
     failure_ = status;
   }
+  // The next `count` fetches fail, as while gRPC waits out its reconnect
+  // backoff after a sing-box restart.
+  void FailNext(int count) {
+    std::lock_guard lock(mu_);
+    fail_next_ = count;
+  }
   int fetches() {
     std::lock_guard lock(mu_);
     return fetches_;
@@ -66,6 +76,7 @@ class FakeStatsSource : public StatsSource {
   int64_t start_ms_ = 1'700'000'000'000;
   int64_t now_ms_ = start_ms_ + 100'000;
   Status failure_;
+  int fail_next_ = 0;
   int fetches_ = 0;
 };
 
