@@ -314,6 +314,31 @@ TEST_F(SqlHardeningTest, NodeReadsFollowItsLinksAndDaysTheirHours) {
   EXPECT_NE(day.find("counter_hourly_hour"), std::string::npos) << day;
 }
 
+// The reports over every user read the database-wide settings once per
+// query, not once per user (schema/0017: at 50,000 users the per-user calls
+// were most of user_quota_status's time), and JIT is off for the database.
+TEST_F(SqlHardeningTest, ReportsReadTheSettingsOncePerQuery) {
+  Query(
+      "INSERT INTO users (name) SELECT 'u' || i FROM generate_series(1, 50) "
+      "AS i; "
+      "INSERT INTO nodes (name) VALUES ('edge-1'); "
+      "INSERT INTO counters (node, kind, name, instance_start) "
+      "SELECT 'edge-1', 'user', name, now() FROM users");
+  std::string calls = Query(
+      "SET LOCAL track_functions = 'all'; "
+      "SELECT max(time_zone), bool_or(online) FROM user_quota_status; "
+      "SELECT max(name) FROM online_users; "
+      "SELECT string_agg(funcname || '=' || calls, ',' ORDER BY funcname) "
+      "FROM pg_stat_xact_user_functions WHERE funcname IN "
+      "('boxmeter_default_time_zone', 'boxmeter_online_window')");
+  EXPECT_EQ(calls, "boxmeter_default_time_zone=1,boxmeter_online_window=2");
+  EXPECT_EQ(Query("SELECT 'jit=off' = ANY (s.setconfig) FROM "
+                  "pg_db_role_setting s JOIN pg_database d ON d.oid = "
+                  "s.setdatabase WHERE d.datname = current_database() AND "
+                  "s.setrole = 0"),
+            "t");
+}
+
 // Every file of schema/ applies on its own with plain psql and records
 // itself; the collector's runner then finds nothing to do.
 TEST_F(SqlHardeningTest, MigrationsApplyWithPlainPsql) {
