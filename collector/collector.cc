@@ -121,6 +121,9 @@ Collector::Collector(boost::asio::io_context& io, const Config& config,
 }
 
 Collector::~Collector() {
+  // Completions still queued on the loop (a fetch or a database call that
+  // ended before this) do nothing now: the loop may outlive the collector.
+  alive_.reset();
   db_work_.reset();
   db_io_.stop();
   if (db_thread_.joinable()) db_thread_.join();
@@ -148,11 +151,13 @@ void Collector::OnDatabase(DbWork what, std::function<Result()> work,
             .count());
   });
   boost::asio::post(
-      db_io_, [this, work = std::move(work), then = std::move(then)]() mutable {
+      db_io_, [this, alive = std::weak_ptr(alive_), work = std::move(work),
+               then = std::move(then)]() mutable {
         Result result = work();
         work = nullptr;  // frees what it holds (a batch) before `then` runs
-        boost::asio::post(io_, [this, result = std::move(result),
+        boost::asio::post(io_, [this, alive, result = std::move(result),
                                 then = std::move(then)]() mutable {
+          if (!alive.lock()) return;
           db_ = DbWork::kIdle;
           db_slow_timer_.cancel();
           then(std::move(result));
@@ -535,9 +540,11 @@ void Collector::StartFetch() {
   fetch_in_flight_ = fetch;
   fetch_started_ = steady_clock::now();
   source_.Fetch(
-      config_.source.timeout, [this, fetch](Status status, StatsReply reply) {
-        boost::asio::post(io_, [this, fetch, status = std::move(status),
+      config_.source.timeout, [this, alive = std::weak_ptr(alive_), fetch](
+                                  Status status, StatsReply reply) {
+        boost::asio::post(io_, [this, alive, fetch, status = std::move(status),
                                 reply = std::move(reply)]() mutable {
+          if (!alive.lock()) return;
           OnFetched(fetch, std::move(status), std::move(reply));
           ReturnFreedMemory();
         });

@@ -275,6 +275,10 @@ class Collector {
   std::chrono::steady_clock::time_point lease_renewed_{};
   bool users_checked_ = false;  // the fingerprint was read in this poll
 
+  // Completions posted from the database thread and the stats source check
+  // that the collector is still alive (the loop may outlive it).
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+
   boost::asio::steady_timer poll_timer_;
   boost::asio::steady_timer retry_timer_;
   boost::asio::steady_timer fetch_retry_timer_;
