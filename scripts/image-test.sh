@@ -41,6 +41,13 @@
 # mount and file this run made. Skips (exit 0, with the reason) only when
 # buildah cannot run at all. Needs root.
 set -euo pipefail
+# A shell cannot trap a signal that was ignored when it started, and every
+# process of this run inherits what this one ignores: run under nohup (SIGHUP
+# ignored), the stand-in sing-box below would never see its reloads. Start
+# again with SIGHUP at its default.
+if [ -z "${BOXMETER_IMAGE_TEST_HUP:-}" ]; then
+  BOXMETER_IMAGE_TEST_HUP=default exec env --default-signal=HUP "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 . scripts/lib/ci-rootfs.sh
@@ -103,6 +110,12 @@ cleanup() {
       echo "--- $log (end)" >&2
       tail -25 "$log" >&2
     done
+    # What the stand-in sing-box read, and what it was given to read.
+    if [ -n "${vol:-}" ] && [ -d "$vol" ]; then
+      echo "--- $vol/sing-box-state/loads" >&2
+      cat "$vol/sing-box-state/loads" >&2 2>/dev/null
+      ls -ln "$vol/sing-box-config" >&2 2>/dev/null
+    fi
   fi
   rm -rf "$work"
   [ -n "$prebuilt_dir" ] && rm -rf "$repo/$prebuilt_dir"
