@@ -540,10 +540,12 @@ void Collector::StartFetch() {
   fetch_in_flight_ = fetch;
   fetch_started_ = steady_clock::now();
   source_.Fetch(
-      config_.source.timeout, [this, alive = std::weak_ptr(alive_), fetch](
-                                  Status status, StatsReply reply) {
-        boost::asio::post(io_, [this, alive, fetch, status = std::move(status),
-                                reply = std::move(reply)]() mutable {
+      // The source may answer on its own thread after this collector is
+      // gone: the callback touches nothing of it but the loop it posts to.
+      config_.source.timeout, [this, &io = io_, alive = std::weak_ptr(alive_),
+                               fetch](Status status, StatsReply reply) {
+        boost::asio::post(io, [this, alive, fetch, status = std::move(status),
+                               reply = std::move(reply)]() mutable {
           if (!alive.lock()) return;
           OnFetched(fetch, std::move(status), std::move(reply));
           ReturnFreedMemory();
