@@ -197,7 +197,6 @@ void Collector::Stop() {
   poll_timer_.cancel();
   stop_after_fetch_ = fetches_started_;
   fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
-  fetch_retries_ = 0;  // a new wait gets its own tries
   ArmStopDeadline();
   // The backoff after a long outage may be half a minute, more than the
   // stop budget: from now on the database is tried again every second
@@ -220,10 +219,7 @@ void Collector::Flush(FlushDone done) {
     done(Status::Unavailable("node " + config_.node + ": " + standby_.reason));
     return;
   }
-  waiters_.push_back(Waiter{fetches_started_, 0,
-                            steady_clock::now() + StopBudget(config_),
-                            std::move(done)});
-  fetch_retries_ = 0;
+  waiters_.push_back(Waiter{fetches_started_, 0, BeginWait(), std::move(done)});
   fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
   Advance();
 }
@@ -328,8 +324,7 @@ void Collector::AdvanceHooks() {
     // counted up to now first, so the reload costs milliseconds of traffic
     // and not up to a poll interval.
     hook_flush_after_ = fetches_started_;
-    hook_flush_deadline_ = steady_clock::now() + StopBudget(config_);
-    fetch_retries_ = 0;
+    hook_flush_deadline_ = BeginWait();
     fetch_wanted_ = std::max(fetch_wanted_, fetches_started_ + 1);
     return;
   }
@@ -1081,8 +1076,13 @@ std::chrono::milliseconds Collector::StopBudget(const Config& config) {
   return config.source.timeout * 3 + std::chrono::seconds(10);
 }
 
+steady_clock::time_point Collector::BeginWait() {
+  fetch_retries_ = 0;
+  return steady_clock::now() + StopBudget(config_);
+}
+
 void Collector::ArmStopDeadline() {
-  stop_deadline_ = steady_clock::now() + StopBudget(config_);
+  stop_deadline_ = BeginWait();
   stop_timer_.expires_at(stop_deadline_);
   stop_timer_.async_wait([this](boost::system::error_code ec) {
     if (ec) return;

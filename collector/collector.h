@@ -211,6 +211,10 @@ class Collector {
   // Schedules another try of a failed fetch when a stop, a flush or a hook
   // run waits for it and its tries and deadline allow; false: none.
   bool RetryWaitedFetch(int64_t fetch);
+  // A new wait for a fetch (the stop's or --once's final poll, a flush, the
+  // flush before a hook run): its own retries, and its deadline (now + the
+  // stop budget).
+  std::chrono::steady_clock::time_point BeginWait();
   void SchedulePoll();
   void ScheduleRetry();
   void ScheduleWatchdog();
@@ -259,7 +263,7 @@ class Collector {
   std::vector<Waiter> waiters_;
   int64_t stop_after_fetch_ = 0;  // ending_: the final fetch is above this
   // Retries of failed fetches that someone waits for, since the last fetch
-  // that worked.
+  // that worked or the last new wait (BeginWait).
   int fetch_retries_ = 0;
   std::chrono::steady_clock::time_point stop_deadline_{};  // ending_: gives up
   int64_t hook_flush_after_ = -1;  // a hook run waits for this flush
