@@ -9,6 +9,9 @@
 #   SCHEMA_REV=<commit> scripts/history-bench.sh  "before" is that commit's
 #                                     schema (default: the commit before
 #                                     0016 was added)
+#   SIDES=before scripts/history-bench.sh   one side only (before or after;
+#                                     two runs with one side each can go
+#                                     side by side, each its own server)
 #
 # Each side is a throwaway PostgreSQL 15 with issue 12's data set
 # (scripts/sql-bench.sh KEEP=1 TIMINGS=0: USERS users, one user counter per
@@ -27,6 +30,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${HOURLY_ROWS:-50000000}
+sides=${SIDES:-before after}
 users=${USERS:-50000}
 before_rev=${SCHEMA_REV:-}
 if [[ -z $before_rev ]]; then
@@ -58,7 +62,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 start_server() {
   local kept
   kept=$(env ${1:+SCHEMA_REV=$1} USERS="$users" KEEP=1 TIMINGS=0 \
-    scripts/sql-bench.sh 2>&1 >/dev/null | tee /dev/stderr | grep '^kept:')
+    scripts/sql-bench.sh 2>&1 >/dev/null | tee >(cat >&2) | grep '^kept:')
   port=$(sed -n 's/.* -p \([0-9]*\) .*/\1/p' <<<"$kept")
   dir=$(sed -n 's/.*pg_ctl -D \(.*\)\/data stop.*/\1/p' <<<"$kept")
   [[ -n $port && -n $dir ]] || {
@@ -200,46 +204,57 @@ measure() {
     result[$side,${entry%%|*}]=$(best_of_three "${entry#*|}")
   done
   result[$side,retention]=$(retention_ms "$days")
+  for entry in retention "${reports[@]%%|*}"; do
+    echo "$side: $entry: ${result[$side,$entry]} ms" >&2
+  done
 }
 
-echo "before: schema at $before_rev, at least $rows hourly rows," \
-  "$users users (load $(load))" >&2
-start_server "$before_rev"
-days=$(build_history)
-measure before "$days"
-started=$(date +%s%N)
-psql -1 -f schema/0016_partitioned_history.sql >/dev/null
-migration=$((($(date +%s%N) - started) / 1000000))
-migration_rows=$(psql -At -c "SELECT count(*) FROM counter_hourly_legacy")
-stop_server
+migration=n/a migration_rows=n/a scanned=n/a partitions=n/a
+if [[ $sides == *before* ]]; then
+  echo "before: schema at $before_rev, at least $rows hourly rows," \
+    "$users users (load $(load))" >&2
+  start_server "$before_rev"
+  days=$(build_history)
+  measure before "$days"
+  started=$(date +%s%N)
+  psql -1 -f schema/0016_partitioned_history.sql >/dev/null
+  migration=$((($(date +%s%N) - started) / 1000000))
+  migration_rows=$(psql -At -c "SELECT count(*) FROM counter_hourly_legacy")
+  echo "before: migration 0016 in place on $migration_rows rows: $migration" \
+    "ms (load $(load))" >&2
+  stop_server
+fi
 
-echo "after: the current schema (load $(load))" >&2
-start_server ""
-days=$(build_history)
-measure after "$days"
-# The reports' ranges read only their days' partitions.
-scanned=$(psql -At -c "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
-  SELECT sum(uplink) FROM counter_hourly WHERE hour >= current_date - 6" |
-  grep -oE ' on counter_hourly_[a-z0-9]+ ' | sort -u | wc -l)
-partitions=$(psql -At -c "SELECT count(*) FROM history_partitions")
-stop_server
+if [[ $sides == *after* ]]; then
+  echo "after: the current schema, at least $rows hourly rows, $users users" \
+    "(load $(load))" >&2
+  start_server ""
+  days=$(build_history)
+  measure after "$days"
+  # The reports' ranges read only their days' partitions.
+  scanned=$(psql -At -c "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
+    SELECT sum(uplink) FROM counter_hourly WHERE hour >= current_date - 6" |
+    grep -oE ' on counter_hourly_[a-z0-9]+ ' | sort -u | wc -l)
+  partitions=$(psql -At -c "SELECT count(*) FROM history_partitions")
+  stop_server
+fi
 
-printf '\n%s hourly rows over %s days, %s users; before: schema %s\n' \
-  "${result[before,size]%% rows*}" "$days" "$users" "$before_rev"
+printf '\n%s days of hourly rows, %s users; before: schema %s\n' \
+  "$days" "$users" "$before_rev"
 printf '| %-36s | %12s | %12s |\n' "statement" "before ms" "after ms"
 printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..38})" "--------------" \
   "--------------"
 printf '| %-36s | %12s | %12s |\n' "retention run, oldest day" \
-  "${result[before,retention]}" "${result[after,retention]}"
+  "${result[before,retention]:-n/a}" "${result[after,retention]:-n/a}"
 for entry in "${reports[@]}"; do
   label=${entry%%|*}
-  printf '| %-36s | %12s | %12s |\n' "$label" "${result[before,$label]}" \
-    "${result[after,$label]}"
+  printf '| %-36s | %12s | %12s |\n' "$label" "${result[before,$label]:-n/a}" \
+    "${result[after,$label]:-n/a}"
 done
-printf '\nsizes: before %s; after %s\n' "${result[before,size]}" \
-  "${result[after,size]}"
+printf '\nsizes: before %s; after %s\n' "${result[before,size]:-n/a}" \
+  "${result[after,size]:-n/a}"
 printf 'load (1/5/15 min) when measuring: before %s; after %s; end %s\n' \
-  "${result[before,load]}" "${result[after,load]}" "$(load)"
+  "${result[before,load]:-n/a}" "${result[after,load]:-n/a}" "$(load)"
 printf 'migration 0016 in place on %s rows: %s ms\n' "$migration_rows" \
   "$migration"
 printf 'partitions after: %s; a 7-day range scans %s of them\n' \
