@@ -103,15 +103,14 @@ BEGIN
     RENAME CONSTRAINT counter_hourly_counter_id_fkey
     TO counter_hourly_legacy_counter_id_fkey;
 
-  -- As 0001 made it; storage parameters (fillfactor 50) are the
-  -- partitions' own.
-  CREATE TABLE counter_hourly (
-    counter_id bigint NOT NULL REFERENCES counters (id) ON DELETE CASCADE,
-    hour timestamptz NOT NULL,
-    uplink bigint NOT NULL DEFAULT 0,
-    downlink bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (counter_id, hour)
-  ) PARTITION BY RANGE (hour);
+  -- The columns, keys and index 0001 gave it; storage parameters
+  -- (fillfactor 50) are the partitions' own.
+  CREATE TABLE counter_hourly (LIKE counter_hourly_legacy INCLUDING DEFAULTS)
+    PARTITION BY RANGE (hour);
+  ALTER TABLE counter_hourly
+    ADD CONSTRAINT counter_hourly_pkey PRIMARY KEY (counter_id, hour),
+    ADD CONSTRAINT counter_hourly_counter_id_fkey FOREIGN KEY (counter_id)
+      REFERENCES counters (id) ON DELETE CASCADE;
   CREATE INDEX counter_hourly_hour ON counter_hourly (hour);
   COMMENT ON TABLE counter_hourly IS
     'hourly traffic per counter, partitioned by UTC day (0016)';

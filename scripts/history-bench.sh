@@ -209,13 +209,19 @@ measure() {
   done
 }
 
+# side NAME [SCHEMA_REV]: a server with that schema (default: the current
+# one) and the history, measured; left running for what follows.
+side() {
+  echo "$1: ${2:+schema at $2, }at least $rows hourly rows, $users users" \
+    "(load $(load))" >&2
+  start_server "${2:-}"
+  days=$(build_history)
+  measure "$1" "$days"
+}
+
 migration=n/a migration_rows=n/a scanned=n/a partitions=n/a
 if [[ $sides == *before* ]]; then
-  echo "before: schema at $before_rev, at least $rows hourly rows," \
-    "$users users (load $(load))" >&2
-  start_server "$before_rev"
-  days=$(build_history)
-  measure before "$days"
+  side before "$before_rev"
   started=$(date +%s%N)
   psql -1 -f schema/0016_partitioned_history.sql >/dev/null
   migration=$((($(date +%s%N) - started) / 1000000))
@@ -224,13 +230,8 @@ if [[ $sides == *before* ]]; then
     "ms (load $(load))" >&2
   stop_server
 fi
-
 if [[ $sides == *after* ]]; then
-  echo "after: the current schema, at least $rows hourly rows, $users users" \
-    "(load $(load))" >&2
-  start_server ""
-  days=$(build_history)
-  measure after "$days"
+  side after
   # The reports' ranges read only their days' partitions.
   scanned=$(psql -At -c "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
     SELECT sum(uplink) FROM counter_hourly WHERE hour >= current_date - 6" |

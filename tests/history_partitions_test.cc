@@ -5,7 +5,6 @@
 // login may do, and queries by time range reading only their partitions.
 #include <gtest/gtest.h>
 
-#include <pqxx/pqxx>
 #include <string>
 #include <vector>
 
@@ -21,22 +20,6 @@ using testing::SqlTest;
 
 constexpr std::chrono::hours k400Days{400 * 24};
 constexpr const char* kPermissionDenied = "42501";
-
-// Rows like psql -At: fields joined by '|', rows by '\n'.
-std::string RunSql(pqxx::connection& connection, const std::string& sql) {
-  pqxx::work tx(connection);
-  pqxx::result result = tx.exec(sql);
-  tx.commit();
-  std::string out;
-  for (const pqxx::row& row : result) {
-    if (!out.empty()) out += '\n';
-    for (pqxx::row::size_type i = 0; i < row.size(); ++i) {
-      if (i > 0) out += '|';
-      if (!row[i].is_null()) out += row[i].c_str();
-    }
-  }
-  return out;
-}
 
 // What must read the same before and after the migration: every row, the
 // views and reports over the history, and who may do what with it.
@@ -83,10 +66,9 @@ class HistoryPartitionsTest : public SqlTest {
     std::string url = server().CreateDatabase(name);
     server().Query("postgres",
                    "ALTER DATABASE " + name + " SET timezone = 'UTC'");
-    pqxx::connection connection(url);
     for (const Migration& migration : EmbeddedMigrations()) {
       if (migration.name >= "0016") break;
-      RunSql(connection, std::string(migration.sql));
+      QueryAt(url, std::string(migration.sql));
     }
     return url;
   }
@@ -110,24 +92,22 @@ class HistoryPartitionsTest : public SqlTest {
 
 TEST_F(HistoryPartitionsTest, MigrationConvertsAnInstallationInPlace) {
   std::string url = DatabaseBeforePartitions();
-  pqxx::connection connection(url);
   // Two nodes' users and inbounds with 40 days of history, every 7th hour,
   // and some rows past the retention.
-  RunSql(connection,
-         "INSERT INTO nodes (name) VALUES ('edge-1'), ('edge-2'); "
-         "INSERT INTO counters (node, kind, name, instance_start) "
-         "SELECT n, 'user', 'u' || i, now() FROM unnest(ARRAY['edge-1', "
-         "'edge-2']) AS n, generate_series(1, 40) AS i "
-         "UNION ALL SELECT n, 'inbound', 'vless-in', now() FROM "
-         "unnest(ARRAY['edge-1', 'edge-2']) AS n; "
-         "INSERT INTO counter_hourly SELECT c.id, date_trunc('hour', now()) - "
-         "h * interval '1 hour', c.id * 10 + h, h FROM counters c, "
-         "generate_series(0, 40 * 24, 7) AS h; "
-         "INSERT INTO counter_hourly SELECT c.id, date_trunc('hour', now()) - "
-         "interval '500 days', 1, 2 FROM counters c");
+  QueryAt(url,
+          "INSERT INTO nodes (name) VALUES ('edge-1'), ('edge-2'); "
+          "INSERT INTO counters (node, kind, name, instance_start) "
+          "SELECT n, 'user', 'u' || i, now() FROM unnest(ARRAY['edge-1', "
+          "'edge-2']) AS n, generate_series(1, 40) AS i "
+          "UNION ALL SELECT n, 'inbound', 'vless-in', now() FROM "
+          "unnest(ARRAY['edge-1', 'edge-2']) AS n; "
+          "INSERT INTO counter_hourly SELECT c.id, date_trunc('hour', now()) - "
+          "h * interval '1 hour', c.id * 10 + h, h FROM counters c, "
+          "generate_series(0, 40 * 24, 7) AS h; "
+          "INSERT INTO counter_hourly SELECT c.id, date_trunc('hour', now()) - "
+          "interval '500 days', 1, 2 FROM counters c");
   std::vector<std::string> before;
-  for (const std::string& sql : kAnswers)
-    before.push_back(RunSql(connection, sql));
+  for (const std::string& sql : kAnswers) before.push_back(QueryAt(url, sql));
   // 82 counters, 138 hours each and one past the retention.
   const std::string rows = "11398";
   ASSERT_EQ(before[0].substr(0, before[0].find('|')), rows);
@@ -137,37 +117,38 @@ TEST_F(HistoryPartitionsTest, MigrationConvertsAnInstallationInPlace) {
   ASSERT_TRUE(migrated.ok()) << migrated.message();
 
   for (size_t i = 0; i < kAnswers.size(); ++i) {
-    EXPECT_EQ(RunSql(connection, kAnswers[i]), before[i]) << kAnswers[i];
+    EXPECT_EQ(QueryAt(url, kAnswers[i]), before[i]) << kAnswers[i];
   }
-  EXPECT_EQ(RunSql(connection,
-                   "SELECT relkind FROM pg_class WHERE relname = "
-                   "'counter_hourly'"),
+  EXPECT_EQ(QueryAt(url,
+                    "SELECT relkind FROM pg_class WHERE relname = "
+                    "'counter_hourly'"),
             "p");
   // Every row stayed where it was: in the old table, now the legacy
   // partition, which no role but its owner may read or write directly.
-  EXPECT_EQ(RunSql(connection,
-                   "SELECT tableoid::regclass, count(*) FROM counter_hourly "
-                   "GROUP BY 1"),
+  EXPECT_EQ(QueryAt(url,
+                    "SELECT tableoid::regclass, count(*) FROM counter_hourly "
+                    "GROUP BY 1"),
             "counter_hourly_legacy|" + rows);
-  EXPECT_EQ(RunSql(connection,
-                   "SELECT has_table_privilege('boxmeter_collector', "
-                   "'counter_hourly_legacy', 'SELECT'), "
-                   "has_table_privilege('boxmeter_collector', "
-                   "'counter_hourly_legacy', 'DELETE'), "
-                   "has_table_privilege('boxmeter_readonly', "
-                   "'counter_hourly_legacy', 'SELECT'), "
-                   "(SELECT count(*) FROM pg_policies WHERE tablename = "
-                   "'counter_hourly_legacy')"),
+  EXPECT_EQ(QueryAt(url,
+                    "SELECT has_table_privilege('boxmeter_collector', "
+                    "'counter_hourly_legacy', 'SELECT'), "
+                    "has_table_privilege('boxmeter_collector', "
+                    "'counter_hourly_legacy', 'DELETE'), "
+                    "has_table_privilege('boxmeter_readonly', "
+                    "'counter_hourly_legacy', 'SELECT'), "
+                    "(SELECT count(*) FROM pg_policies WHERE tablename = "
+                    "'counter_hourly_legacy')"),
             "f|f|f|0");
   // Daily partitions follow it for a week, and a default one.
-  EXPECT_EQ(RunSql(connection,
-                   "SELECT count(*), min(from_hour) = date_trunc('day', now()) "
-                   "+ interval '1 day' FROM history_partitions WHERE partition "
-                   "<> 'counter_hourly_legacy'"),
-            "7|t");
-  EXPECT_EQ(RunSql(connection,
-                   "SELECT to_regclass('counter_hourly_default') IS NOT NULL"),
-            "t");
+  EXPECT_EQ(
+      QueryAt(url,
+              "SELECT count(*), min(from_hour) = date_trunc('day', now()) "
+              "+ interval '1 day' FROM history_partitions WHERE partition "
+              "<> 'counter_hourly_legacy'"),
+      "7|t");
+  EXPECT_EQ(
+      QueryAt(url, "SELECT to_regclass('counter_hourly_default') IS NOT NULL"),
+      "t");
   // The collector commits into it as before.
   NodeState state;
   Status loaded = store.LoadNode(&state);
@@ -176,9 +157,8 @@ TEST_F(HistoryPartitionsTest, MigrationConvertsAnInstallationInPlace) {
 
 TEST_F(HistoryPartitionsTest, MigrationUsesABoundPreparedAhead) {
   std::string url = DatabaseBeforePartitions();
-  pqxx::connection connection(url);
-  RunSql(
-      connection,
+  QueryAt(
+      url,
       "DO $$ BEGIN EXECUTE format('ALTER TABLE counter_hourly ADD CONSTRAINT "
       "counter_hourly_legacy_bound CHECK (hour < %L) NOT VALID', "
       "date_trunc('day', now(), 'UTC') + interval '3 days'); END $$; "
@@ -187,14 +167,14 @@ TEST_F(HistoryPartitionsTest, MigrationUsesABoundPreparedAhead) {
   Status migrated = PgStore(url, "edge-1").Migrate();
   ASSERT_TRUE(migrated.ok()) << migrated.message();
   EXPECT_EQ(
-      RunSql(connection,
-             "SELECT to_hour = date_trunc('day', now(), 'UTC') + "
-             "interval '3 days' FROM history_partitions WHERE partition = "
-             "'counter_hourly_legacy'"),
+      QueryAt(url,
+              "SELECT to_hour = date_trunc('day', now(), 'UTC') + "
+              "interval '3 days' FROM history_partitions WHERE partition = "
+              "'counter_hourly_legacy'"),
       "t");
-  EXPECT_EQ(RunSql(connection,
-                   "SELECT count(*) FROM pg_constraint WHERE conname = "
-                   "'counter_hourly_legacy_bound'"),
+  EXPECT_EQ(QueryAt(url,
+                    "SELECT count(*) FROM pg_constraint WHERE conname = "
+                    "'counter_hourly_legacy_bound'"),
             "0");
 }
 

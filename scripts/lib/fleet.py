@@ -359,10 +359,12 @@ class Fleet:
             " WHERE n.nspname = 'public' AND c.relkind = 'r'"
             "   AND c.relname IN ('nodes', 'counters')"
             " UNION ALL "
-            # Partitioned by day (0016): the sum of its partitions.
+            # Partitioned by day (0016): the sum of its partitions (the
+            # table itself before).
             "SELECT 'counter_hourly', sum(pg_table_size(relid))::bigint,"
             "       sum(pg_indexes_size(relid))::bigint"
-            "  FROM pg_partition_tree('counter_hourly')"
+            "  FROM (SELECT relid FROM pg_partition_tree('counter_hourly')"
+            "        UNION SELECT 'counter_hourly'::regclass) AS tree"
             " UNION ALL "
             # Each commit creates and drops a temporary table: catalog rows.
             "SELECT relname, pg_table_size(oid), pg_indexes_size(oid)"
