@@ -26,18 +26,18 @@
 -- Large installations can take that scan out of the lock: beforehand, add
 -- and validate the bound as a CHECK constraint named
 -- counter_hourly_legacy_bound, at a UTC midnight a few days ahead (VALIDATE
--- lets commits go on while it scans; see schema/COOKBOOK.md, "Partitioned
--- history"). The migration then uses that bound and attaches without a
--- scan. Migrate before that midnight passes: the constraint refuses later
+-- lets commits go on while it scans; see schema/COOKBOOK.md, "Retention
+-- and the size of the history"). The migration then uses that bound and
+-- attaches without a scan. Migrate before that midnight passes: the constraint refuses later
 -- hours until then.
 --
 -- Why daily partitions: a day of a large installation (50,000 users active
 -- every hour on one node) is 1.2 million rows, small enough to create,
 -- fill and drop cheaply, and the cookbook's reports ask for days. 400 days
--- of retention are about 400 partitions, well within what PostgreSQL 15
--- plans quickly when a query names a time range (it prunes the others).
--- Queries without one (a user's whole history by primary key) look in every
--- partition: one index probe per partition.
+-- of retention are about 400 partitions; a query that names a time range
+-- reads only its days' (pruned when planned, or when run for parameters
+-- and now()). Queries without one (a user's whole history by primary key)
+-- look in every partition: one index probe per partition.
 --
 -- Access stays as 0004 and 0008 made it: the same grants and row-level
 -- security policies are copied from the old table to the partitioned one,
