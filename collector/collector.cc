@@ -53,6 +53,12 @@ constexpr milliseconds kStopCommitReserve{3000};
 constexpr std::chrono::hours kPruneInterval{1};
 constexpr milliseconds kPruneBudget{5000};
 
+// The history's daily partitions are created this many days ahead, in the
+// same hourly run: a collector (or all of a fleet's) may be down for a week
+// before a commit lands in the default partition (where it is still safe,
+// and moved out on the next run).
+constexpr int kPartitionDaysAhead = 7;
+
 // glibc keeps the memory a poll freed, much of it in the arenas of gRPC's
 // threads that decoded the reply: at a million counters the collector sat
 // at 565 MB between polls instead of 107 MB (BENCHMARKS.md, Memory). Called
@@ -912,31 +918,49 @@ bool Collector::StartPrune() {
     return false;
   }
   next_prune_ = now + kPruneInterval;
-  using Pruned = std::pair<Status, PruneResult>;
+  struct Maintained {
+    Status ensured;  // creating the partitions ahead
+    int created = 0;
+    Status pruned;
+    PruneResult result;
+  };
   std::chrono::hours retention = config_.history.retention;
-  OnDatabase<Pruned>(
+  OnDatabase<Maintained>(
       DbWork::kPruning,
       [this, retention] {
-        PruneResult result;
-        Status status = store_.Connect();
-        if (status.ok()) {
-          status = store_.PruneHistory(retention, kPruneBudget, &result);
+        Maintained done;
+        done.ensured = store_.Connect();
+        if (done.ensured.ok()) {
+          done.ensured = store_.EnsureHistoryPartitions(kPartitionDaysAhead,
+                                                        &done.created);
         }
-        return Pruned{status, result};
+        // Retention does not depend on the partitions ahead.
+        done.pruned =
+            store_.PruneHistory(retention, kPruneBudget, &done.result);
+        return done;
       },
-      [this, retention](Pruned pruned) {
-        const auto& [status, result] = pruned;
-        if (!status.ok()) {
+      [this, retention](Maintained done) {
+        for (const Status* status : {&done.ensured, &done.pruned}) {
+          if (status->ok()) continue;
           // An unreachable database is reported by the commits already.
-          if (status.code() == Status::Code::kUnavailable) {
-            LogDebug("{}", status.message());
+          if (status->code() == Status::Code::kUnavailable) {
+            LogDebug("{}", status->message());
           } else {
-            LogWarn("{}; trying again in an hour", status.message());
+            LogWarn("{}; trying again in an hour", status->message());
           }
-        } else if (result.deleted > 0) {
-          LogInfo("deleted {} rows of hourly history older than {}h{}",
-                  result.deleted, retention.count(),
-                  result.done ? "" : "; more are left for the next hour");
+        }
+        if (done.created > 0) {
+          LogInfo("created {} daily partitions of the hourly history",
+                  done.created);
+        }
+        const PruneResult& result = done.result;
+        if (done.pruned.ok() &&
+            (result.deleted > 0 || result.partitions_dropped > 0)) {
+          LogInfo(
+              "dropped {} days and deleted {} rows of hourly history older "
+              "than {}h{}",
+              result.partitions_dropped, result.deleted, retention.count(),
+              result.done ? "" : "; more are left for the next hour");
         }
         Advance();
       });

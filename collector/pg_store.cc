@@ -34,11 +34,15 @@ static_assert(PgStore::kPruneLockKey != kMigrationLockKey);
 // previous batch stopped, so the index scan does not walk again over the
 // entries it just deleted) up to the cutoff $2, at most $3 of them. ctid =
 // ANY(ARRAY(...)) is a TID scan; `ctid IN (SELECT ...)` would be a join over
-// the whole table. Returns how many rows went and the newest hour deleted.
+// the whole table. A ctid is unique only within a partition: the range on
+// hour keeps the delete to the old rows (a row of another old partition
+// with the same ctid goes a batch early) and prunes the younger partitions.
+// Returns how many rows went and the newest hour deleted.
 constexpr const char* kPruneBatch = R"sql(
 WITH gone AS (
   DELETE FROM counter_hourly
-   WHERE ctid = ANY (ARRAY(
+   WHERE hour >= to_timestamp($1::bigint) AND hour < to_timestamp($2::bigint)
+     AND ctid = ANY (ARRAY(
      SELECT ctid FROM counter_hourly
       WHERE hour >= to_timestamp($1::bigint) AND hour < to_timestamp($2::bigint)
       ORDER BY hour
@@ -671,6 +675,24 @@ Status PgStore::ReleaseLease(int64_t token) {
   }
 }
 
+Status PgStore::EnsureHistoryPartitions(int days_ahead, int* created) {
+  *created = 0;
+  if (Status status = Connect(); !status.ok()) return status;
+  try {
+    pqxx::work tx(connection_->pq);
+    *created = tx.exec_params1("SELECT ensure_history_partitions($1::integer)",
+                               days_ahead)[0]
+                   .as<int>();
+    tx.commit();
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Failed("creating the hourly history's daily partitions " +
+                      std::to_string(days_ahead) +
+                      " days ahead (ensure_history_partitions)",
+                  e);
+  }
+}
+
 Status PgStore::PruneHistory(std::chrono::hours retention,
                              std::chrono::milliseconds budget,
                              PruneResult* out) {
@@ -679,8 +701,26 @@ Status PgStore::PruneHistory(std::chrono::hours retention,
   std::string what = "deleting hourly history older than " +
                      std::to_string(retention.count()) + "h";
   auto deadline = std::chrono::steady_clock::now() + budget;
+  // One collector at a time, per transaction: the lock ends with it, so
+  // nothing outlives one and pruning works through a transaction-pooling
+  // pooler. Taken: another collector is at it.
+  const std::string lock = "SELECT pg_try_advisory_xact_lock(" +
+                           std::to_string(PgStore::kPruneLockKey) + ")";
   try {
     pqxx::connection& pq = connection_->pq;
+    {
+      // Whole days first: dropping a partition costs the same whatever it
+      // holds.
+      pqxx::work tx(pq);
+      if (!tx.exec(lock)[0][0].as<bool>()) return Status::Ok();
+      out->partitions_dropped =
+          tx.exec_params1(
+                "SELECT prune_history(now() - $1::bigint * "
+                "interval '1 hour')",
+                static_cast<int64_t>(retention.count()))[0]
+              .as<int64_t>();
+      tx.commit();
+    }
     int64_t from = 0, cutoff = 0;
     {
       // The cutoff is fixed once, so the loop ends even under new traffic.
@@ -697,14 +737,7 @@ Status PgStore::PruneHistory(std::chrono::hours retention,
     }
     while (from < cutoff) {
       pqxx::work tx(pq);
-      // One collector at a time, per batch: the lock ends with the batch's
-      // transaction, so nothing outlives one and pruning works through a
-      // transaction-pooling pooler. Taken: another collector is at it.
-      if (!tx.exec("SELECT pg_try_advisory_xact_lock(" +
-                   std::to_string(PgStore::kPruneLockKey) + ")")[0][0]
-               .as<bool>()) {
-        break;
-      }
+      if (!tx.exec(lock)[0][0].as<bool>()) break;
       pqxx::row row =
           tx.exec_params1(kPruneBatch, from, cutoff, kPruneBatchRows);
       tx.commit();

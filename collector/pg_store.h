@@ -35,7 +35,7 @@
 //   from before the wait). TakeLease, ReleaseLease and the commit's guard
 //   are single statements on that row in short transactions: no session
 //   lock or setting, so all of it works through a transaction-pooling
-//   pooler. (Migrate and PruneHistory do hold session advisory locks.)
+//   pooler. (Migrate and PruneHistory take transaction advisory locks.)
 //   Statements name their node (WHERE name = $1), so row security may
 //   restrict a role to its own node.
 //
@@ -81,18 +81,28 @@ class PgStore : public Store {
   Status MarkEventDelivered(int64_t id,
                             std::chrono::milliseconds lease) override;
 
-  // Deletes, in batches of kPruneBatchRows, the hourly rows whose hour
-  // started before now() - retention, oldest first. One collector of a
-  // database prunes at a time (each batch takes an advisory lock for its
-  // transaction; a collector that finds it taken returns at once, leaving
-  // the rest to the other). Each batch walks counter_hourly's index on hour
-  // from where the previous one stopped. Holds no session state, so it
-  // works through a transaction-pooling pooler, as Migrate does.
+  // schema/0016_partitioned_history.sql's ensure_history_partitions, in
+  // one transaction (it runs as the schema's owner: a collector's login may
+  // create partitions only through it). Fails, to be tried again later, when
+  // it waited 5 s for a table lock.
+  Status EnsureHistoryPartitions(int days_ahead, int* created) override;
+
+  // Drops the partitions of the hourly history whose hours all started
+  // before now() - retention (prune_history, as the schema's owner), then
+  // deletes, in batches of kPruneBatchRows, the remaining hourly rows
+  // older than that (in the partition that straddles the cutoff, the
+  // legacy one and the default one), oldest first. One collector of a
+  // database prunes at a time (each transaction takes an advisory lock; a
+  // collector that finds it taken returns at once, leaving the rest to the
+  // other). Each batch walks the index on hour from where the previous one
+  // stopped. Holds no session state, so it works through a
+  // transaction-pooling pooler, as Migrate does.
   Status PruneHistory(std::chrono::hours retention,
                       std::chrono::milliseconds budget,
                       PruneResult* out) override;
   static constexpr int64_t kPruneBatchRows = 10'000;
-  // The advisory lock each pruning batch takes (pg_try_advisory_xact_lock).
+  // The advisory lock each pruning transaction takes
+  // (pg_try_advisory_xact_lock).
   static constexpr int64_t kPruneLockKey = 7093020349380715891;
 
   // The URL with any password replaced, as used in messages.

@@ -61,8 +61,9 @@ struct UsageEvent {
 };
 
 struct PruneResult {
-  int64_t deleted = 0;  // hourly rows deleted
-  bool done = true;     // false: the budget ran out before the last old row
+  int64_t deleted = 0;             // hourly rows deleted one by one
+  int64_t partitions_dropped = 0;  // whole days of history dropped
+  bool done = true;  // false: the budget ran out before the last old row
 };
 
 class Store {
@@ -134,9 +135,17 @@ class Store {
   virtual Status MarkEventDelivered(int64_t id,
                                     std::chrono::milliseconds lease) = 0;
 
+  // Creates the partitions of the hourly history (one per UTC day) that are
+  // missing from yesterday to `days_ahead` days ahead, so that commits find
+  // theirs; moves rows that landed in the default partition into the days
+  // it creates. *created: how many it created.
+  virtual Status EnsureHistoryPartitions(int days_ahead, int* created) = 0;
+
   // Deletes hourly history older than `retention` (by the database's clock),
-  // of every node, in small batches, each its own short transaction, until
-  // none is left or `budget` has passed. Rows left over go on a later call.
+  // of every node: first whole partitions (days) entirely older, then the
+  // rest in small batches, each its own short transaction, until none is
+  // left or `budget` has passed. Rows left over go on a later call. Never a
+  // row younger than `retention`.
   virtual Status PruneHistory(std::chrono::hours retention,
                               std::chrono::milliseconds budget,
                               PruneResult* out) = 0;

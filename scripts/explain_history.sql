@@ -68,10 +68,12 @@ ON CONFLICT DO NOTHING;
 
 VACUUM ANALYZE counters;
 VACUUM ANALYZE counter_hourly;
-SELECT count(*) AS hourly_rows,
-       pg_size_pretty(pg_table_size('counter_hourly')) AS heap,
-       pg_size_pretty(pg_indexes_size('counter_hourly')) AS indexes
-  FROM counter_hourly;
+-- Summed over the partitions (0016), or the table itself before.
+SELECT (SELECT count(*) FROM counter_hourly) AS hourly_rows,
+       pg_size_pretty(sum(pg_table_size(relid))) AS heap,
+       pg_size_pretty(sum(pg_indexes_size(relid))) AS indexes
+  FROM (SELECT relid FROM pg_partition_tree('counter_hourly')
+        UNION SELECT 'counter_hourly'::regclass) AS tree;
 
 \echo '== one retention batch (PgStore::PruneHistory), rolled back'
 BEGIN;

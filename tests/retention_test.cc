@@ -107,7 +107,9 @@ TEST_F(RetentionTest, OneCollectorPrunesAtATime) {
 // The layout claims of schema/COOKBOOK.md ("Retention and the size of the
 // history"): the retention delete walks the index on hour instead of
 // scanning the table, and a user's days come through counters_user_name and
-// counter_hourly's primary key.
+// counter_hourly's primary key. The rows are those of an installation from
+// before the history was partitioned: in its legacy partition, which holds
+// every hour until the migration (0016).
 TEST_F(RetentionTest, DeleteAndPerDayQueriesUseTheIndexes) {
   Query(
       "INSERT INTO nodes (name) VALUES ('edge-1'); "
@@ -121,15 +123,17 @@ TEST_F(RetentionTest, DeleteAndPerDayQueriesUseTheIndexes) {
       "EXPLAIN SELECT day, total FROM user_daily "
       "WHERE name = 'u7' AND day > current_date - 30");
   EXPECT_NE(plan.find("counters_user_name"), std::string::npos) << plan;
-  EXPECT_NE(plan.find("counter_hourly_pkey"), std::string::npos) << plan;
-  EXPECT_EQ(plan.find("Seq Scan on counter_hourly"), std::string::npos) << plan;
+  EXPECT_NE(plan.find("counter_hourly_legacy_pkey"), std::string::npos) << plan;
+  // The partitions that hold rows; the empty daily ones ahead cost nothing.
+  EXPECT_EQ(plan.find("Seq Scan on counter_hourly_legacy"), std::string::npos)
+      << plan;
 
   auto scans = [&] {
     return Query(
         "SELECT pg_stat_clear_snapshot(); "
         "SELECT s.seq_scan, i.idx_scan FROM pg_stat_user_tables s, "
-        "pg_stat_user_indexes i WHERE s.relname = 'counter_hourly' "
-        "AND i.indexrelname = 'counter_hourly_hour'");
+        "pg_stat_user_indexes i WHERE s.relname = 'counter_hourly_legacy' "
+        "AND i.indexrelname = 'counter_hourly_legacy_hour'");
   };
   std::string before = scans();
   {
@@ -143,12 +147,14 @@ TEST_F(RetentionTest, DeleteAndPerDayQueriesUseTheIndexes) {
       << "no scans recorded: " << before;
   std::string after = scans();
   EXPECT_EQ(after.substr(0, after.find('|')), seq_before)
-      << "a sequential scan of counter_hourly: " << before << " -> " << after;
+      << "a sequential scan of counter_hourly_legacy: " << before << " -> "
+      << after;
   EXPECT_EQ(Rows(), 120'000);
 }
 
 // The collector's side, against the fakes: retention runs on the database
-// thread, with the configured retention, at most once an hour.
+// thread, with the configured retention, at most once an hour, after
+// creating the history's partitions a week ahead.
 class CollectorRetentionTest : public testing::CollectorFixture {
  protected:
   CollectorRetentionTest() : CollectorFixture(5ms) {
@@ -169,6 +175,8 @@ TEST_F(CollectorRetentionTest, PrunesOnceAnHourWithTheConfiguredRetention) {
   EXPECT_EQ(store_.prunes(), 1);
   EXPECT_EQ(store_.last_retention(), std::chrono::hours(48));
   EXPECT_GT(store_.last_budget(), 0ms);
+  EXPECT_EQ(store_.partition_runs(), 1);
+  EXPECT_EQ(store_.last_days_ahead(), 7);
 }
 
 TEST_F(CollectorRetentionTest, OnceDoesNotPrune) {
@@ -177,6 +185,7 @@ TEST_F(CollectorRetentionTest, OnceDoesNotPrune) {
   io_.run();
   EXPECT_TRUE(collector_->succeeded());
   EXPECT_EQ(store_.prunes(), 0);
+  EXPECT_EQ(store_.partition_runs(), 0);
 }
 
 }  // namespace

@@ -99,14 +99,18 @@ std::string SqlTest::Url(const std::string& user) const {
 }
 
 std::string SqlTest::Query(const std::string& sql, const std::string& user) {
+  return QueryAt(Url(user), sql);
+}
+
+std::string SqlTest::QueryAt(const std::string& url, const std::string& sql) {
   try {
-    pqxx::connection connection(Url(user));
+    pqxx::connection connection(url);
     pqxx::work tx(connection);
     pqxx::result result = tx.exec(sql);
     tx.commit();
     return ResultText(result);
   } catch (const std::exception& e) {
-    ADD_FAILURE() << "as " << user << ": " << sql
+    ADD_FAILURE() << "at " << url << ": " << sql
                   << "\n  failed: " << OneLine(e.what());
     return "<error>";
   }

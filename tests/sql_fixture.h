@@ -72,6 +72,9 @@ class SqlTest : public PgDatabaseTest {
   std::string Query(const std::string& sql,
                     const std::string& user = "postgres");
 
+  // The same on the database at `url` (another database of this server).
+  std::string QueryAt(const std::string& url, const std::string& sql);
+
   // Runs `sql` as `user`, which must fail; what it reported.
   SqlError Error(const std::string& sql, const std::string& user = "postgres");
 

@@ -311,7 +311,10 @@ TEST_F(SqlHardeningTest, NodeReadsFollowItsLinksAndDaysTheirHours) {
   std::string day = Query(
       "SET jit = off; EXPLAIN SELECT * FROM user_node_hourly WHERE hour >= "
       "current_date::timestamptz AND hour < (current_date + 1)::timestamptz");
-  EXPECT_NE(day.find("counter_hourly_hour"), std::string::npos) << day;
+  // The day's hours through the index on hour (today's rows are in the
+  // legacy partition of a fresh installation), the other partitions pruned.
+  EXPECT_NE(day.find("counter_hourly_legacy_hour"), std::string::npos) << day;
+  EXPECT_NE(day.find("Subplans Removed"), std::string::npos) << day;
 }
 
 // The reports over every user read the database-wide settings once per

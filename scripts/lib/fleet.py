@@ -356,8 +356,15 @@ class Fleet:
         out = self.psql(
             "SELECT c.relname, pg_table_size(c.oid), pg_indexes_size(c.oid)"
             "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
-            "   AND c.relname IN ('nodes', 'counters', 'counter_hourly')"
+            " WHERE n.nspname = 'public' AND c.relkind = 'r'"
+            "   AND c.relname IN ('nodes', 'counters')"
+            " UNION ALL "
+            # Partitioned by day (0016): the sum of its partitions (the
+            # table itself before).
+            "SELECT 'counter_hourly', sum(pg_table_size(relid))::bigint,"
+            "       sum(pg_indexes_size(relid))::bigint"
+            "  FROM (SELECT relid FROM pg_partition_tree('counter_hourly')"
+            "        UNION SELECT 'counter_hourly'::regclass) AS tree"
             " UNION ALL "
             # Each commit creates and drops a temporary table: catalog rows.
             "SELECT relname, pg_table_size(oid), pg_indexes_size(oid)"

@@ -162,6 +162,14 @@ class FakeStore : public Store {
     last_event_lease_ = lease;
     return Status::Ok();
   }
+  Status EnsureHistoryPartitions(int days_ahead, int* created) override {
+    std::lock_guard lock(mu_);
+    ++partition_runs_;
+    last_days_ahead_ = days_ahead;
+    *created = 0;
+    if (!up_) return Status::Unavailable("fake database is down");
+    return Status::Ok();
+  }
   Status PruneHistory(std::chrono::hours retention,
                       std::chrono::milliseconds budget,
                       PruneResult* out) override {
@@ -294,6 +302,15 @@ class FakeStore : public Store {
     std::lock_guard lock(mu_);
     return prunes_;
   }
+  // EnsureHistoryPartitions calls, and the days ahead of the last one.
+  int partition_runs() {
+    std::lock_guard lock(mu_);
+    return partition_runs_;
+  }
+  int last_days_ahead() {
+    std::lock_guard lock(mu_);
+    return last_days_ahead_;
+  }
   std::chrono::hours last_retention() {
     std::lock_guard lock(mu_);
     return last_retention_;
@@ -346,6 +363,7 @@ class FakeStore : public Store {
   std::string users_fingerprint_ = "initial";
   int fingerprint_reads_ = 0;
   int connects_ = 0, commits_ = 0, applied_ = 0, loads_ = 0, prunes_ = 0;
+  int partition_runs_ = 0, last_days_ahead_ = 0;
   struct StoredEvent {
     std::string json;
     int marks = 0;
