@@ -223,12 +223,15 @@ TEST_F(SqlHardeningTest, TopUsersTakesHoursStartingInTheRangeInAnyTimeZone) {
   meter("edge-1").Commit({{kUser, "early", 10, 0}}, DayMs(-1, 10));
   meter("edge-1").Commit({{kUser, "late", 20, 0}}, DayMs(-1, 11));
   // 10:30 UTC: the 10:00 hour starts before it. At +05:30 the local hour
-  // starts at 10:30 UTC, which took the 10:00 UTC hour in before.
+  // starts at 10:30 UTC, which took the 10:00 UTC hour in before. The day is
+  // yesterday in UTC, as DayMs counts it: from 18:30 UTC on, current_date in
+  // Kolkata is already tomorrow's.
   for (const char* zone : {"UTC", "Asia/Kolkata"}) {
     SCOPED_TRACE(zone);
     EXPECT_EQ(Query(std::string("SET TIME ZONE '") + zone +
                     "'; SELECT string_agg(name, ',') FROM top_users("
-                    "(current_date - 1)::timestamp AT TIME ZONE 'UTC' + "
+                    "((now() AT TIME ZONE 'UTC')::date - 1)::timestamp "
+                    "AT TIME ZONE 'UTC' + "
                     "interval '10 hours 30 minutes', now())"),
               "late");
   }
