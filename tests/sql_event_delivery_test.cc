@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
+#include <pqxx/pqxx>
 #include <string>
 #include <vector>
 
@@ -193,6 +195,46 @@ TEST_F(SqlEventDeliveryTest, BadArgumentsSayWhatIsExpected) {
   EXPECT_NE(too_many.message.find("max_events must be 1 to 10000, not 0"),
             std::string::npos)
       << too_many.message;
+}
+
+// An operator switches events on while a collector commits. Every commit
+// locks quota_periods (the rollover its guard's trigger runs) before
+// counters; set_usage_events, which changes triggers on both, must take them
+// in that order too, or each holds what the other waits for and PostgreSQL
+// aborts one ("deadlock detected", as EventDeliveryE2eTest met it in CI).
+TEST_F(SqlEventDeliveryTest, SwitchingEventsWaitsForACommitInFlight) {
+  Query("SELECT set_usage_events(false)");
+  pqxx::connection collector(Url());
+  pqxx::work commit(collector);
+  // A commit's first steps: the guard, then (by its trigger) the rollover.
+  ASSERT_EQ(commit
+                .exec("UPDATE nodes SET commit_seq = commit_seq + 1 "
+                      "WHERE name = 'edge-1'")
+                .affected_rows(),
+            1u);
+  auto switching = std::async(std::launch::async, [&] {
+    return QueryAt(Url(), "SELECT set_usage_events(true)");
+  });
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Query(
+                   "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                   "current_database() AND wait_event_type = 'Lock'") == "1";
+      },
+      std::chrono::seconds(30), std::chrono::milliseconds(10)))
+      << "set_usage_events never waited for the commit";
+  // The commit's next step; before 0018 this waited for set_usage_events,
+  // which waited for the commit, until the deadlock check aborted one.
+  EXPECT_NO_THROW(
+      commit.exec("UPDATE counters SET last_seen = now() "
+                  "WHERE node = 'edge-1'"));
+  commit.commit();
+  EXPECT_EQ(switching.get(),
+            "usage events are recorded from the next commit on");
+  EXPECT_EQ(Query("SELECT count(*) FROM pg_trigger WHERE tgname IN "
+                  "('counters_updated_events', 'counters_inserted_events', "
+                  "'quota_periods_events')"),
+            "3");
 }
 
 }  // namespace
