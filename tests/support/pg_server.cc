@@ -1,4 +1,5 @@
-// PgServer: initdb and pg_ctl in a temporary directory.
+// PgServer: initdb (or a copy of its template) and pg_ctl in a temporary
+// directory.
 //
 // PostgreSQL refuses to run as root, so when the tests run as root the
 // directory is handed to the postgres user and initdb/pg_ctl run through
@@ -9,9 +10,14 @@
 #include "pg_server.h"
 
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <stdexcept>
 
@@ -87,35 +93,115 @@ Paths PathsIn(const std::string& dir) {
 // The user that runs the server: postgres when we are root, else ourselves.
 std::string ServerUser() { return geteuid() == 0 ? "postgres" : ""; }
 
-}  // namespace
+// The uid and gid that run the server.
+struct Account {
+  uid_t uid;
+  gid_t gid;
+};
 
-PgServer::PgServer() : dir_(std::make_unique<TempDir>()) {
-  Paths paths = PathsIn(dir_->path());
+Account ServerAccount() {
   std::string user = ServerUser();
-  if (!user.empty()) {
-    passwd* pw = getpwnam(user.c_str());
-    if (pw == nullptr) {
-      throw std::runtime_error(
-          "PgServer: running as root but there is no postgres user; install "
-          "postgresql-15 or run the tests as an ordinary user");
-    }
-    if (chown(dir_->path().c_str(), pw->pw_uid, pw->pw_gid) != 0) {
-      throw std::runtime_error("PgServer: cannot chown " + dir_->path() +
-                               " to postgres");
-    }
+  if (user.empty()) return {geteuid(), getegid()};
+  passwd* pw = getpwnam(user.c_str());
+  if (pw == nullptr) {
+    throw std::runtime_error(
+        "PgServer: running as root but there is no postgres user; install "
+        "postgresql-15 or run the tests as an ordinary user");
   }
+  return {pw->pw_uid, pw->pw_gid};
+}
+
+// Hands `dir` to the server user when we are root, so that initdb and pg_ctl,
+// running as that user, can write inside it.
+void HandToServerUser(const std::string& dir) {
+  if (ServerUser().empty()) return;
+  Account account = ServerAccount();
+  if (chown(dir.c_str(), account.uid, account.gid) != 0) {
+    throw std::runtime_error("PgServer: cannot chown " + dir + " to postgres");
+  }
+}
+
+// initdb's data directory at `data`, whose parent is the server user's.
+void InitDb(const std::string& data) {
   std::string output;
-  int code = RunCommand(
-      Command({BinDir() + "/initdb", "-D", paths.data, "-A", "trust", "-U",
-               "postgres", "--no-sync", "-E", "UTF8", "--locale=C"},
-              user),
-      kCommandTimeout, &output);
+  int code =
+      RunCommand(Command({BinDir() + "/initdb", "-D", data, "-A", "trust", "-U",
+                          "postgres", "--no-sync", "-E", "UTF8", "--locale=C"},
+                         ServerUser()),
+                 kCommandTimeout, &output);
   if (code != 0) {
-    throw std::runtime_error("PgServer: initdb in " + paths.data +
-                             " failed (exit " + std::to_string(code) +
+    throw std::runtime_error("PgServer: initdb in " + data + " failed (exit " +
+                             std::to_string(code) +
                              "; if it cannot enter the directory, set TMPDIR "
                              "to one the postgres user can reach):\n" +
                              Tail(output));
+  }
+}
+
+// Copies the directory `from` to `to` (absent) with its modes and owners:
+// `cp -a` run as ourselves, since as root it keeps the postgres owner and
+// reaches a template the postgres user may not (a build tree under /root).
+// Returns cp's exit code, its output appended to `*output`.
+int CopyTree(const std::string& from, const std::string& to,
+             std::string* output) {
+  return RunCommand(Command({"cp", "-a", "--", from, to}), kCommandTimeout,
+                    output);
+}
+
+// Why `dir` is not a template WriteTemplate wrote for the server user, or ""
+// if it is one.
+std::string TemplateProblem(const std::string& dir) {
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0) {
+    return std::string("cannot stat it: ") + std::strerror(errno);
+  }
+  if (!S_ISDIR(st.st_mode)) return "it is not a directory";
+  if (!std::filesystem::exists(dir + "/PG_VERSION") ||
+      !std::filesystem::exists(dir + "/global/pg_control")) {
+    return "it holds no PG_VERSION or global/pg_control";
+  }
+  uid_t server_uid = ServerAccount().uid;
+  if (st.st_uid != server_uid) {
+    return "it is owned by uid " + std::to_string(st.st_uid) + ", not " +
+           std::to_string(server_uid) + " (the user that runs the server)";
+  }
+  return "";
+}
+
+// Copies the template `template_dir` to `data`; false, after saying why on
+// stderr and removing any partial copy, if it is unusable.
+bool CopyTemplate(const std::string& template_dir, const std::string& data) {
+  std::string problem = TemplateProblem(template_dir);
+  if (problem.empty()) {
+    std::string output;
+    int code = CopyTree(template_dir, data, &output);
+    if (code == 0) return true;
+    problem = "cp -a failed (exit " + std::to_string(code) + "): " + output;
+    std::error_code ignored;
+    std::filesystem::remove_all(data, ignored);
+  }
+  std::fprintf(stderr,
+               "PgServer: not using the template %s (%s); running initdb "
+               "instead\n",
+               template_dir.c_str(), problem.c_str());
+  return false;
+}
+
+std::string TemplateFromEnvironment() {
+  const char* value = std::getenv(PgServer::kTemplateVariable);
+  return value == nullptr ? "" : value;
+}
+
+}  // namespace
+
+PgServer::PgServer() : PgServer(TemplateFromEnvironment()) {}
+
+PgServer::PgServer(const std::string& template_dir)
+    : dir_(std::make_unique<TempDir>()) {
+  Paths paths = PathsIn(dir_->path());
+  HandToServerUser(dir_->path());
+  if (template_dir.empty() || !CopyTemplate(template_dir, paths.data)) {
+    InitDb(paths.data);
   }
   for (int attempt = 1;; ++attempt) {
     port_ = FreePort();
@@ -125,6 +211,30 @@ PgServer::PgServer() : dir_(std::make_unique<TempDir>()) {
     } catch (const std::runtime_error&) {
       if (attempt == kStartAttempts) throw;
     }
+  }
+}
+
+void PgServer::WriteTemplate(const std::string& path) {
+  TempDir work;
+  HandToServerUser(work.path());
+  std::string data = PathsIn(work.path()).data;
+  InitDb(data);
+  std::string partial = path + ".partial";
+  std::error_code error;
+  std::filesystem::remove_all(partial, error);
+  std::string output;
+  int code = CopyTree(data, partial, &output);
+  if (code != 0) {
+    std::filesystem::remove_all(partial, error);
+    throw std::runtime_error("PgServer::WriteTemplate: cp -a " + data + " " +
+                             partial + " failed (exit " + std::to_string(code) +
+                             "): " + output);
+  }
+  std::filesystem::remove_all(path, error);
+  std::filesystem::rename(partial, path, error);
+  if (error) {
+    throw std::runtime_error("PgServer::WriteTemplate: cannot rename " +
+                             partial + " to " + path + ": " + error.message());
   }
 }
 

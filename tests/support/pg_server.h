@@ -1,8 +1,14 @@
 // Test support: a throwaway PostgreSQL 15 server.
 //
-// initdb into a temporary directory and pg_ctl start on a free loopback port
-// (as the postgres user when running as root, which PostgreSQL requires).
-// Stopped and removed when destroyed.
+// A data directory in a temporary directory, then pg_ctl start on a free
+// loopback port (as the postgres user when running as root, which PostgreSQL
+// requires). Stopped and removed when destroyed.
+//
+// The data directory is a copy of a template made by WriteTemplate when one
+// is given (a copy takes a fraction of initdb's time; CTest's fixture
+// pg_template, tests/CMakeLists.txt, makes one per test run and names it in
+// $BOXMETER_PG_TEMPLATE), else initdb's. Either way each server has its own
+// directory, port and socket: nothing is shared once it is running.
 #pragma once
 
 #include <memory>
@@ -14,8 +20,22 @@ namespace boxmeter::testing {
 
 class PgServer {
  public:
-  PgServer();  // initdb + start; throws std::runtime_error with the log tail
+  // The environment variable PgServer() reads the template's path from.
+  static constexpr const char* kTemplateVariable = "BOXMETER_PG_TEMPLATE";
+
+  // PgServer(getenv(kTemplateVariable), or "" if unset).
+  PgServer();
+  // A copy of `template_dir` (a WriteTemplate directory) + start; initdb
+  // instead when `template_dir` is empty, or is not such a directory (then
+  // says so on stderr). Throws std::runtime_error with the log tail.
+  explicit PgServer(const std::string& template_dir);
   ~PgServer();
+
+  // initdb's data directory, written to `path` (replacing whatever is there)
+  // for PgServers to copy: owned by the user that runs the servers, never
+  // started. Written beside `path` and renamed, so that `path` is either the
+  // whole template or absent. Throws std::runtime_error naming the step.
+  static void WriteTemplate(const std::string& path);
 
   // postgresql://postgres@127.0.0.1:PORT/DB (no password: trust auth).
   std::string Url(const std::string& database = "postgres") const;
