@@ -139,45 +139,43 @@ statements=(
   "delete_user, history deleted|SELECT delete_user('user80', false)"
   "retire_node edge-2|SELECT retire_node('edge-2')"
 )
-best_ms() {
-  local sql=$1 best="" run ms output
-  for run in 1 2 3; do
-    output=$(psql -d bench -At 2>&1 <<SQL
-BEGIN;
-\timing on
-$sql;
-\timing off
-ROLLBACK;
-SQL
-    ) || { echo "n/a"; return; }  # e.g. a function an older schema lacks
-    ms=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$output" | tail -1)
+# The least of three runs of the psql script $1, each measured by the
+# command $2 from psql's output; "n/a" when the script fails (e.g. a
+# function an older schema lacks).
+best_of_three() {
+  local script=$1 measure=$2 best="" ms output
+  for _ in 1 2 3; do
+    output=$(psql -d bench -At 2>&1 <<<"$script") || { echo "n/a"; return; }
+    ms=$("$measure" <<<"$output")
     if [[ -z $best ]] || awk -v a="$ms" -v b="$best" 'BEGIN{exit !(a<b)}'; then
       best=$ms
     fi
   done
   echo "$best"
 }
-# The server's user + system CPU time for `sql` (log_statement_stats), run
-# without parallel workers so that one process does all of it.
+# psql's \timing of the statement: the wall time as the client sees it.
+timing_ms() { sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1; }
+# log_statement_stats' user + system CPU time of the server process.
+stats_cpu_ms() {
+  grep -E '^!\s+[0-9.]+ s user' | tail -1 |
+    awk '{printf "%.1f", ($2 + $5) * 1000}'
+}
+best_ms() {
+  best_of_three "BEGIN;
+\\timing on
+$1;
+\\timing off
+ROLLBACK;" timing_ms
+}
+# The server's CPU time for `sql`, run without parallel workers so that one
+# process does all of it.
 best_cpu_ms() {
-  local sql=$1 best="" run ms output
-  for run in 1 2 3; do
-    output=$(psql -d bench -At 2>&1 <<SQL
-SET max_parallel_workers_per_gather = 0;
+  best_of_three "SET max_parallel_workers_per_gather = 0;
 BEGIN;
 SET LOCAL log_statement_stats = on;
 SET LOCAL client_min_messages = log;
-$sql;
-ROLLBACK;
-SQL
-    ) || { echo "n/a"; return; }
-    ms=$(grep -E '^!\s+[0-9.]+ s user' <<<"$output" | tail -1 |
-         awk '{printf "%.1f", ($2 + $5) * 1000}')
-    if [[ -z $best ]] || awk -v a="$ms" -v b="$best" 'BEGIN{exit !(a<b)}'; then
-      best=$ms
-    fi
-  done
-  echo "$best"
+$1;
+ROLLBACK;" stats_cpu_ms
 }
 printf '| %-38s | %9s | %8s | %s |\n' "statement ($users users)" "best ms" "CPU ms" \
   "target"
