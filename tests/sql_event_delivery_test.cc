@@ -215,13 +215,7 @@ TEST_F(SqlEventDeliveryTest, SwitchingEventsWaitsForACommitInFlight) {
   auto switching = std::async(std::launch::async, [&] {
     return QueryAt(Url(), "SELECT set_usage_events(true)");
   });
-  bool waited = testing::WaitUntil(
-      [&] {
-        return Query(
-                   "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                   "current_database() AND wait_event_type = 'Lock'") == "1";
-      },
-      std::chrono::seconds(30), std::chrono::milliseconds(10));
+  bool waited = AwaitLockWaiters(1, std::chrono::seconds(30));
   if (!waited) {
     // Lets a call still waiting go on, so the future's end does not hang.
     commit.abort();

@@ -90,19 +90,6 @@ class WriterLeaseTest : public PgDatabaseTest {
         "ON h.counter_id = c.id");
   }
 
-  // Awaits `count` sessions of this database waiting for a lock.
-  bool AwaitLockWaiters(int count) {
-    return WaitUntil(
-        [&] {
-          return Query(
-                     "SELECT count(*) FROM pg_stat_activity WHERE datname "
-                     "= '" +
-                     database() + "' AND wait_event_type = 'Lock'") ==
-                 std::to_string(count);
-        },
-        kPatience, milliseconds(10));
-  }
-
   // Awaits `store`'s lease lapsing: `other` then takes it.
   LeaseState AwaitTakeover(PgStore& other) {
     LeaseState lease;
@@ -270,7 +257,7 @@ TEST_F(WriterLeaseTest, LeaseTakenWhileACommitWaitsIsLeaseLost) {
   auto commit = std::async(std::launch::async, [&] {
     return first_->Commit(Batch(0, first.token, 100, 0));
   });
-  ASSERT_TRUE(AwaitLockWaiters(1));
+  ASSERT_TRUE(AwaitLockWaiters(1, kPatience));
   takeover.exec_params(
       "UPDATE nodes SET lease_holder = 'host standby pid 4242 beef', "
       "lease_token = lease_token + 1, lease_expires_at = clock_timestamp() + "
@@ -320,7 +307,7 @@ TEST_F(WriterLeaseTest, EveryLeaseStatementWaitsForALockedRowThenGoesOn) {
       done = true;
       return ok;
     });
-    ASSERT_TRUE(AwaitLockWaiters(1));
+    ASSERT_TRUE(AwaitLockWaiters(1, kPatience));
     EXPECT_FALSE(done) << "went through a locked row";
     locker.commit();
     EXPECT_TRUE(running.get());

@@ -94,6 +94,21 @@ class PgDatabaseTest : public ::testing::Test {
   const std::string& database() const { return database_; }
   const std::string& url() const { return url_; }
 
+  // Awaits `count` sessions of this test's database waiting for a lock (a
+  // row's or a table's), for up to `patience`: the sign that a statement
+  // started on another session has met the lock a test holds.
+  bool AwaitLockWaiters(int count, std::chrono::milliseconds patience) {
+    return WaitUntil(
+        [&] {
+          return server_->Query(database_,
+                                "SELECT count(*) FROM pg_stat_activity WHERE "
+                                "datname = current_database() AND "
+                                "wait_event_type = 'Lock'") ==
+                 std::to_string(count);
+        },
+        patience, std::chrono::milliseconds(10));
+  }
+
  private:
   inline static PgServer* server_ = nullptr;
   inline static std::string* server_error_ = nullptr;
