@@ -2,7 +2,10 @@
 # Builds boxmeter with sanitizers and runs the tests under them:
 #
 #   asan  AddressSanitizer + UndefinedBehaviorSanitizer (and LeakSanitizer),
-#         build-asan: every unit and integration test (not the chaos run).
+#         build-asan: every unit and integration test but the chaos run and
+#         the SQL suite (boxmeter_sql_tests: what it tests runs inside
+#         PostgreSQL, which no sanitizer here instruments; its C++ side, the
+#         store's commit, is the PG and end-to-end tests' subject too).
 #   tsan  ThreadSanitizer, build-tsan: the threaded parts: the poll loop
 #         (CollectorTest), the gRPC source and the fake server, the hook
 #         runner, and the end-to-end tests with the collector binary built
@@ -26,10 +29,11 @@ jobs=${JOBS:-2}
 ctest_jobs=${CTEST_JOBS:-2}
 supp="$root/tests/sanitizers"
 
-# Every test binary, and the binaries they start.
+# Every test binary but the SQL suite's, and the binaries they start. Not
+# building the SQL suite saves about 2 minutes of CI, running it 1.5.
 asan_targets="boxmeter_unit_tests boxmeter_io_tests boxmeter_pg_tests
   boxmeter_e2e_tests boxmeter_gen_tests boxmeter_deploy_tests
-  boxmeter_sql_tests boxmeter-collector boxmeter-gen fake-stats-server"
+  boxmeter-collector boxmeter-gen fake-stats-server"
 # The binaries holding the tests run_tsan selects.
 tsan_targets="boxmeter_io_tests boxmeter_e2e_tests boxmeter-collector
   fake-stats-server"
@@ -67,17 +71,21 @@ check_logs() {  # DIR NAME
 run_asan() {
   local dir=build-asan
   configure_and_build "$dir" address,undefined "$asan_targets"
+  # The SQL suite is not built here: one left by an earlier build would run
+  # stale.
+  rm -f "$dir/tests/boxmeter_sql_tests" "$dir/tests/boxmeter_sql_tests[1]_tests.cmake"
   rm -rf "$dir/sanitizer-logs" && mkdir -p "$dir/sanitizer-logs"
   local log="$root/$dir/sanitizer-logs"
   local status=0
   # Left out: the wall-clock-step tests, which start the collector under
   # libfaketime's LD_PRELOAD; ASan must be the first library loaded and
-  # aborts the collector there. The plain build runs them.
+  # aborts the collector there. The plain build runs them. And the SQL
+  # suite, not built (above): CTest lists it as one failing placeholder.
   ASAN_OPTIONS="log_path=$log/asan:detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1" \
   LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0" \
   UBSAN_OPTIONS="log_path=$log/ubsan:print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsan.supp" \
     ctest --test-dir "$dir" --output-on-failure -j"$ctest_jobs" -LE chaos \
-    -E 'WallClockStep' \
+    -E 'WallClockStepTest|^boxmeter_sql_tests_NOT_BUILT$' \
     || status=$?
   check_logs "$dir" "ASan+UBSan" || status=1
   return $status
