@@ -5,6 +5,11 @@
 // login commits.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <future>
+#include <pqxx/pqxx>
+#include <string>
+
 #include "sql_fixture.h"
 
 namespace boxmeter {
@@ -376,6 +381,52 @@ TEST_F(SqlQuotaTest, UsageEventsAreRecordedOncePerPeriodInTheCommit) {
   EXPECT_EQ(Query("SELECT count(*) FROM usage_events"), "6");
   EXPECT_EQ(Error("SELECT * FROM usage_events", meter).sqlstate, "42501");
 }
+
+// The operator functions that change many users take them in id order, as
+// a commit's rollover does (boxmeter_roll_periods locks the users due in id
+// order). A period may end while such a call runs: the next commit then
+// holds the first of those users and wants the others; a call that took
+// users in any other order held some of them while waiting for the first,
+// and PostgreSQL aborted one side ("deadlock detected").
+class OperatorLockOrderTest
+    : public SqlTest,
+      public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(OperatorLockOrderTest, WaitsForACommitsRolloverWithoutDeadlock) {
+  Query(
+      "INSERT INTO users (name, quota_bytes) SELECT 'u' || i, 1000000 FROM "
+      "generate_series(1, 200) AS i; "
+      "INSERT INTO nodes (name) VALUES ('edge-1'); "
+      "INSERT INTO counters (node, kind, name, uplink, instance_start) "
+      "SELECT 'edge-1', 'user', name, 10, now() FROM users; "
+      // Periods that follow the database's time zone; and the odd ids
+      // (u1's among them) after the even ones on disk, so that a scan's
+      // order is not the ids'.
+      "UPDATE users SET reset_strategy = 'daily'; "
+      "UPDATE users SET note = 'moved' WHERE id % 2 = 1; "
+      "ANALYZE");
+  pqxx::connection collector(Url());
+  pqxx::work commit(collector);
+  // The rollover's first user.
+  commit.exec("SELECT 1 FROM users WHERE name = 'u1' FOR UPDATE");
+  auto call = std::async(std::launch::async,
+                         [&] { return QueryAt(Url(), GetParam()); });
+  if (!AwaitLockWaiters(1, std::chrono::seconds(30))) {
+    commit.abort();  // lets the call end, so the future's end cannot hang
+    FAIL() << GetParam() << " never waited for the commit";
+  }
+  // The rollover's other users, in id order.
+  EXPECT_NO_THROW(commit.exec(
+      "SELECT 1 FROM users WHERE name <> 'u1' ORDER BY id FOR UPDATE"));
+  commit.commit();
+  EXPECT_NE(call.get(), "<error>");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ManyUsers, OperatorLockOrderTest,
+    ::testing::Values("SELECT reset_all_usage()",
+                      "SELECT set_node_multiplier('edge-1', 2)",
+                      "SELECT set_default_time_zone('Asia/Tokyo')"));
 
 }  // namespace
 }  // namespace boxmeter
