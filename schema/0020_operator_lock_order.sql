@@ -27,7 +27,7 @@ AS $reset_all$
 DECLARE
   changed bigint;
 BEGIN
-  -- Every user, in id order, before anything else (see the top).
+  -- Every user in id order first, as commits take them (0020).
   PERFORM 1 FROM users u ORDER BY u.id FOR NO KEY UPDATE;
   PERFORM boxmeter_roll_periods(now());
   -- One statement: the INSERT reads the offsets as they were before the
@@ -84,7 +84,7 @@ BEGIN
             HINT = 'e.g. 0.5 (half), 2 (double), 0 (free); 1 counts bytes '
                    'as they are';
   END IF;
-  -- Every user, in id order, before anything else (see the top).
+  -- Every user in id order first, as commits take them (0020).
   PERFORM 1 FROM users u ORDER BY u.id FOR NO KEY UPDATE;
   -- Serializes changes of one node's multiplier.
   INSERT INTO node_multipliers AS m (node, multiplier)
@@ -119,7 +119,7 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $moved$
 BEGIN
-  -- Every user, in id order, before anything else (see the top).
+  -- Every user in id order first, as commits take them (0020).
   PERFORM 1 FROM users u ORDER BY u.id FOR NO KEY UPDATE;
   PERFORM boxmeter_roll_periods(now());
   UPDATE users u
