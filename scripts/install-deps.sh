@@ -5,7 +5,8 @@
 #
 #   scripts/install-deps.sh build    compilers and -dev libraries
 #   scripts/install-deps.sh test     build + the real peers the tests start
-#   scripts/install-deps.sh runtime  the shared libraries the binaries need
+#   scripts/install-deps.sh runtime  the shared libraries the binaries need,
+#                                    and what the installed hook example runs
 #   scripts/install-deps.sh demo     build + what scripts/demo.sh starts
 #   scripts/install-deps.sh WHAT --print   only prints WHAT's packages
 #
@@ -48,6 +49,7 @@ test_packages=(
 )
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libpqxx-6.4 libyaml-cpp0.7 libfmt9 libsystemd0
+  curl openssl           # libexec/boxmeter/on-event-webhook.sh (hooks.on_event)
 )
 demo_packages=(postgresql-15 v2ray curl procps)
 
