@@ -17,6 +17,9 @@
 #     (0640, sing-box's group) and has sing-box-reloader, in a container of
 #     the sing-box-runtime image as uid 10002, send SIGHUP only when it
 #     changed; SIGTERM ends the collector with 0 after its final commit;
+#   - the image's usage-event hook (/usr/libexec/boxmeter/on-event-webhook.sh,
+#     as deploy/docker/boxmeter.yaml shows it) posts alice's first_traffic
+#     event, signed, to a receiver on the host;
 #   - a process with sing-box's uid (even in the same PID namespace, which
 #     the shipped layouts do not share) cannot read the collector's password:
 #     not its secret files, not /proc/PID/environ, not /proc/PID/root; no
@@ -195,6 +198,8 @@ peers_postgres
 
 step "start v2ray-core (the stats API, a socks inbound for alice and bob) and an HTTP server"
 peers_v2ray
+step "start a webhook receiver for the image's usage-event hook"
+peers_webhook
 
 # --- the volumes and the config, as compose mounts them ------------------------------------
 vol="$work/volumes"
@@ -205,7 +210,11 @@ install -d -o 10001 -g 10001 -m 0700 "$vol/run-boxmeter"      # compose: tmpfs u
 install -d -o 10001 -g 10001 -m 0700 "$vol/boxmeter-tmp"      # compose: tmpfs /tmp
 install -d -o 10002 -g 10002 -m 0700 "$vol/sing-box-tmp"
 sed -e "s|address: 127.0.0.1:8080|address: 127.0.0.1:$api_port|" \
-  -e "s|interval: 10s|interval: 1s|" deploy/docker/boxmeter.yaml >"$work/boxmeter.yaml"
+  -e "s|interval: 10s|interval: 1s|" \
+  -e "s|^  #   on_event: \(.*\)|  on_event: \1|" deploy/docker/boxmeter.yaml >"$work/boxmeter.yaml"
+grep -q '^  on_event: /usr/libexec/boxmeter/on-event-webhook.sh$' "$work/boxmeter.yaml" ||
+  fail "deploy/docker/boxmeter.yaml no longer shows hooks.on_event with the image's webhook hook"
+install -o 10001 -g 10001 -m 0600 "$work/webhook-secret" "$vol/boxmeter-tmp/webhook-secret"
 chmod 0644 "$work/boxmeter.yaml"
 boxmeter_mounts=(
   -v "$work/boxmeter.yaml:/etc/boxmeter/boxmeter.yaml:ro"
@@ -236,7 +245,8 @@ run_boxmeter "BOXMETER_DATABASE_URL=$(url boxmeter_owner)" PGPASSFILE=/run/secre
   fail "boxmeter-collector ${migrate_command[*]} as the owner"
 sql -c "INSERT INTO inbounds (node, tag, type, listen_port) VALUES ('edge-1', 'socks-in', 'vless', 443);
         SELECT add_user('alice', uuid => '11111111-2222-3333-4444-555555555555');
-        SELECT link_user('alice', 'edge-1', 'socks-in');" >/dev/null
+        SELECT link_user('alice', 'edge-1', 'socks-in');
+        SELECT set_usage_events(true);" >/dev/null
 
 step "compose's init service: boxmeter-gen as boxmeter_gen writes the first config"
 run_boxmeter "BOXMETER_DATABASE_URL=$(url boxmeter_gen)" PGPASSFILE=/run/secrets/generator.pgpass -- \
@@ -285,6 +295,7 @@ collector_env=(
   "BOXMETER_DATABASE_URL=$(url boxmeter_meter)" PGPASSFILE=/run/secrets/collector.pgpass
   "BOXMETER_GENERATOR_DATABASE_URL=$(url boxmeter_gen)"
   BOXMETER_GENERATOR_PGPASSFILE=/run/secrets/generator.pgpass
+  "BOXMETER_WEBHOOK_URL=$webhook_url" BOXMETER_WEBHOOK_SECRET_FILE=/tmp/webhook-secret
 )
 run_boxmeter "${collector_env[@]}" -- /bin/sh -c 'echo $$ >/tmp/collector.pid; exec /usr/bin/boxmeter-collector' \
   >"$work/collector.log" 2>&1 &
@@ -308,6 +319,11 @@ traffic alice a
 traffic alice a
 wait_for 90 "the database's totals for alice equal v2ray-core's" totals_match alice
 echo "image-test: alice: $(sql -c "SELECT uplink || ' up, ' || downlink || ' down' FROM user_traffic WHERE name = 'alice'"), as v2ray-core counted"
+
+step "usage events: alice's first traffic reaches the webhook through the image's hook, signed"
+wait_for 90 "the webhook receives alice's first_traffic event" webhook_received first_traffic alice
+wait_for 90 "alice's first_traffic event is marked delivered" event_delivered first_traffic alice
+echo "image-test: /usr/libexec/boxmeter/on-event-webhook.sh posted event $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$work/webhook.body") with a valid signature; delivered_at is set"
 
 step "boxmeter-regenerate: a new user changes the config once, and sing-box gets one SIGHUP"
 [ "$(loads)" = 1 ] || fail "sing-box was reloaded although the config had not changed"

@@ -18,11 +18,15 @@
 #   - the flush before sing-box's reload: ExecStartPost's
 #     `boxmeter-collector --flush`, run as root, reaches the collector's
 #     socket in /run/boxmeter (mode 0700) and succeeds;
+#   - usage events through the installed hook (libexec/boxmeter/
+#     on-event-webhook.sh) under the unit's sandbox, its secret handed over
+#     by the README's drop-in (LoadCredential=), reach a receiver signed;
 #   - `systemctl reload` (SIGHUP) keeps the same process and rereads;
 #   - `systemctl stop` while a commit waits on a lock: Result=success, and
 #     the database's totals equal v2ray-core's counters afterwards;
 #   - LimitCORE=0 and MemoryMax= in effect; sing-box's user cannot read
-#     either login's password (credentials, files, /proc/PID/environ).
+#     either login's password or the webhook's secret (credentials, files,
+#     /proc/PID/environ).
 # The container's journal is printed when a check fails. Everything this run
 # makes (container, overlay mount, processes, files) is removed at the end;
 # the Debian tree stays cached. Skips (exit 0, with the reason) only when
@@ -118,6 +122,7 @@ install -d -o root -g "$(chroot "$root" id -g sing-box)" -m 2770 "$root/etc/sing
 step "a throwaway PostgreSQL (the roles and logins as compose makes them), v2ray-core, HTTP"
 peers_postgres
 peers_v2ray
+peers_webhook
 
 # --- the config inside --------------------------------------------------------
 install -d -m 0755 "$root/etc/boxmeter"
@@ -135,11 +140,13 @@ generator:
   output: /etc/sing-box/config.json
 hooks:
   on_users_changed: touch /run/boxmeter/users-changed
+  on_event: /usr/libexec/boxmeter/on-event-webhook.sh
 YAML
 chmod 0644 "$root/etc/boxmeter/boxmeter.yaml"
 install -m 0644 deploy/sing-box.base.json "$root/etc/boxmeter/sing-box.base.json"
 install -o root -g root -m 0600 "$secrets/collector.pgpass" "$root/etc/boxmeter/pgpass"
 install -o root -g root -m 0600 "$secrets/generator.pgpass" "$root/etc/boxmeter/gen-pgpass"
+install -o root -g root -m 0600 "$work/webhook-secret" "$root/etc/boxmeter/webhook-secret"
 
 step "migrate as the owner login, granting the node to the collector's; one inbound and alice in the database"
 BOXMETER_DATABASE_URL=$(url boxmeter_owner) PGPASSFILE="$secrets/owner.pgpass" \
@@ -148,7 +155,8 @@ BOXMETER_DATABASE_URL=$(url boxmeter_owner) PGPASSFILE="$secrets/owner.pgpass" \
   { cat "$work/migrate.log" >&2; fail "--migrate --grant-node boxmeter_meter"; }
 sql -c "INSERT INTO inbounds (node, tag, type, listen_port) VALUES ('edge-1', 'socks-in', 'vless', 443);
         SELECT add_user('alice', uuid => '11111111-2222-3333-4444-555555555555');
-        SELECT link_user('alice', 'edge-1', 'socks-in');" >/dev/null
+        SELECT link_user('alice', 'edge-1', 'socks-in');
+        SELECT set_usage_events(true);" >/dev/null
 
 # Drop-ins: the generator's own login (as the unit's comment says), a short
 # watchdog for this test, and the stand-in sing-box.
@@ -157,6 +165,14 @@ mkdir -p "$root/etc/systemd/system/boxmeter-gen.service.d" \
 printf '[Service]\nEnvironment=BOXMETER_DATABASE_URL=%s\n' "$(url boxmeter_gen)" \
   >"$root/etc/systemd/system/boxmeter-gen.service.d/login.conf"
 printf '[Service]\nWatchdogSec=6s\n' >"$root/etc/systemd/system/boxmeter-collector.service.d/test.conf"
+# The README's drop-in for the installed webhook hook, the secret as a
+# credential (the dynamic user cannot read /etc/boxmeter/webhook-secret).
+cat >"$root/etc/systemd/system/boxmeter-collector.service.d/webhook.conf" <<UNIT
+[Service]
+LoadCredential=webhook-secret:/etc/boxmeter/webhook-secret
+Environment=BOXMETER_WEBHOOK_SECRET_FILE=%d/webhook-secret
+Environment=BOXMETER_WEBHOOK_URL=$webhook_url
+UNIT
 cat >"$root/usr/local/bin/stand-in-sing-box" <<'SH'
 #!/bin/sh
 # Stands in for sing-box: reads its config at start and on every SIGHUP.
@@ -259,6 +275,11 @@ else
     "flush step ran and failed (ignored by its '-'), the reload still happened: $flush"
 fi
 
+step "usage events: alice's first traffic reaches the webhook through the installed hook, under the unit"
+wait_for 90 "the webhook receives alice's first_traffic event" webhook_received first_traffic alice
+wait_for 90 "alice's first_traffic event is marked delivered" event_delivered first_traffic alice
+echo "systemd-test: the hook, run by the sandboxed collector with its secret as a credential, posted a signed event"
+
 step "no change: a trigger while the config is current neither writes nor reloads"
 before_runs=$(show boxmeter-gen.service InvocationID)
 inside touch /run/boxmeter/users-changed
@@ -290,7 +311,8 @@ step "limits and secrets: LimitCORE=0, MemoryMax=; sing-box's user reads no pass
 [ "$(show boxmeter-gen.service LimitCORE)" = 0 ] || fail "boxmeter-gen.service LimitCORE"
 [ "$(inside awk '/Max core file size/ {print $5}' "/proc/$pid/limits")" = 0 ] || fail "the collector may dump core"
 for path in /run/credentials/boxmeter-collector.service/pgpass /etc/boxmeter/pgpass \
-  /etc/boxmeter/gen-pgpass "/proc/$pid/environ"; do
+  /etc/boxmeter/gen-pgpass /run/credentials/boxmeter-collector.service/webhook-secret \
+  /etc/boxmeter/webhook-secret "/proc/$pid/environ"; do
   if inside setpriv --reuid sing-box --regid sing-box --clear-groups cat "$path" >/dev/null 2>&1; then
     fail "sing-box's user can read $path"
   fi

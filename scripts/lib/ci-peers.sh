@@ -13,6 +13,11 @@
 #   peers_v2ray      an HTTP server with a 300000-byte /blob, and v2ray-core
 #                    with its stats API on $api_port and a socks inbound
 #                    (users alice/a and bob/b) on $socks_port
+#   peers_webhook    a webhook receiver (tests/support/webhook_receiver.py)
+#                    at $webhook_url, answering 200, and the shared secret in
+#                    $work/webhook-secret; webhook_received checks what the
+#                    installed hook (libexec/boxmeter/on-event-webhook.sh)
+#                    posted to it
 
 pg_bin=/usr/lib/postgresql/15/bin
 pg_running=no
@@ -124,4 +129,35 @@ totals_match() {
   down=$(v2ray_value "user>>>$1>>>traffic>>>downlink")
   [ "$down" -gt 0 ] &&
     [ "$(sql -c "SELECT uplink || ' ' || downlink FROM user_traffic WHERE name = '$1'")" = "$up $down" ]
+}
+
+peers_webhook() {
+  printf '%s' "$(head -c 24 /dev/urandom | od -An -v -tx1 | tr -d ' \n')" >"$work/webhook-secret"
+  python3 tests/support/webhook_receiver.py "$work/webhook" 200 >"$work/webhook.log" 2>&1 &
+  pids+=($!)
+  wait_for 20 "the webhook receiver listens" test -s "$work/webhook.port"
+  webhook_url="http://127.0.0.1:$(cat "$work/webhook.port")/events"
+}
+# webhook_received KIND USER: the last request the receiver got is USER's
+# usage event KIND, with its id as X-Boxmeter-Event-Id and signed with the
+# secret (HMAC-SHA256 as openssl computes it over the body received).
+webhook_received() {
+  local body=$work/webhook.body headers=$work/webhook.headers id signature
+  [ -s "$body" ] && [ -s "$headers" ] || return 1
+  python3 -c '
+import json, sys
+event = json.load(open(sys.argv[1]))
+sys.exit(0 if (event["kind"], event["user"]) == (sys.argv[2], sys.argv[3]) else 1)' \
+    "$body" "$1" "$2" || return 1
+  id=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$body")
+  signature=$(openssl dgst -sha256 -r -hmac "$(cat "$work/webhook-secret")" <"$body" | cut -d' ' -f1)
+  grep -qx "X-Boxmeter-Event-Id: $id" "$headers" ||
+    fail "the webhook got event $id without its id in X-Boxmeter-Event-Id: $(cat "$headers")"
+  grep -qx "X-Boxmeter-Signature: sha256=$signature" "$headers" ||
+    fail "the webhook got event $id with a wrong signature (want sha256=$signature): $(cat "$headers")"
+}
+# event_delivered KIND USER: USER's usage event KIND is marked delivered.
+event_delivered() {
+  [ "$(sql -c "SELECT count(*) FROM usage_events WHERE kind = '$1' AND user_name = '$2'
+               AND delivered_at IS NOT NULL")" = 1 ]
 }
