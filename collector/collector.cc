@@ -1217,6 +1217,8 @@ void Collector::UpdateStatus() {
         .hook_runs_succeeded =
             started - failed - (hooks_.users_hook_running() ? 1 : 0),
         .hook_runs_failed = failed,
+        .event_hook_runs_succeeded = events_.delivered(),
+        .event_hook_runs_failed = events_.failed(),
     });
   }
 }

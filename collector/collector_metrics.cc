@@ -209,6 +209,13 @@ void CollectorMetrics::RenderHealth(std::string* out) const {
              "failure is a non-zero exit, a signal or the timeout).",
              {{"success", gauges_.hook_runs_succeeded},
               {"failure", gauges_.hook_runs_failed}});
+  by_outcome("boxmeter_event_hook_runs_total",
+             "Runs of hooks.on_event that ended, by outcome (a success "
+             "delivers its usage event; a failure is a non-zero exit, a "
+             "signal, the timeout or a hook that could not start, and the "
+             "event is handed over again after a backoff).",
+             {{"success", gauges_.event_hook_runs_succeeded},
+              {"failure", gauges_.event_hook_runs_failed}});
 }
 
 void CollectorMetrics::RenderTraffic() {

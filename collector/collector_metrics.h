@@ -16,8 +16,9 @@
 //
 // Health: poll and commit durations (histograms), outcomes, the last
 // successful poll and commit, pending bytes, whether sing-box's API and the
-// database answer, sing-box restarts seen, hook runs and build info; names
-// and units follow Prometheus' conventions (see Render for the list).
+// database answer, sing-box restarts seen, runs of both hooks and build
+// info; names and units follow Prometheus' conventions (see Render for the
+// list).
 //
 // Thread-safe: the collector updates it from its loop while the metrics
 // server renders it on its own thread, and the loop never waits for a
@@ -60,9 +61,11 @@ class CollectorMetrics {
     int64_t counters_tracked = 0;
     bool source_up = false;
     bool database_up = false;
-    bool writer = false;  // holds the node's writer lease
-    int64_t hook_runs_succeeded = 0;
+    bool writer = false;              // holds the node's writer lease
+    int64_t hook_runs_succeeded = 0;  // of hooks.on_users_changed
     int64_t hook_runs_failed = 0;
+    int64_t event_hook_runs_succeeded = 0;  // of hooks.on_event
+    int64_t event_hook_runs_failed = 0;
   };
 
   explicit CollectorMetrics(Options options);

@@ -159,7 +159,9 @@ TEST(CollectorMetricsTest, HealthFamiliesWithTheirValues) {
                      .database_up = false,
                      .writer = true,
                      .hook_runs_succeeded = 2,
-                     .hook_runs_failed = 1});
+                     .hook_runs_failed = 1,
+                     .event_hook_runs_succeeded = 5,
+                     .event_hook_runs_failed = 4});
   std::string text = metrics.Render();
   for (
       const char* line : {
@@ -185,6 +187,8 @@ TEST(CollectorMetricsTest, HealthFamiliesWithTheirValues) {
           R"(boxmeter_sing_box_restarts_total{node="edge-1"} 1)",
           R"(boxmeter_hook_runs_total{node="edge-1",outcome="success"} 2)",
           R"(boxmeter_hook_runs_total{node="edge-1",outcome="failure"} 1)",
+          R"(boxmeter_event_hook_runs_total{node="edge-1",outcome="success"} 5)",
+          R"(boxmeter_event_hook_runs_total{node="edge-1",outcome="failure"} 4)",
       }) {
     EXPECT_THAT(text, HasSubstr(std::string(line) + "\n"));
   }

@@ -168,5 +168,30 @@ TEST_F(CollectorMetricsWiringTest, AnEventHookRunIsNoUsersHookRun) {
   collector_.reset();  // before the directory goes
 }
 
+// boxmeter_event_hook_runs_total counts the runs of hooks.on_event: here
+// one that fails, then, after the backoff, one that delivers the event.
+TEST_F(CollectorMetricsWiringTest, EventHookRunsAreCountedByOutcome) {
+  testing::TempDir dir;
+  std::string tried = dir.path() + "/tried";
+  config_.hooks.on_event =
+      "[ -e '" + tried + "' ] || { touch '" + tried + "'; exit 3; }";
+  store_.AddEvent(1);
+  CreateWithMetrics();
+  collector_->Start();
+  const std::string series =
+      R"(boxmeter_event_hook_runs_total{node="test-node",)";
+  ASSERT_TRUE(RunUntil([&] {
+    return Sample(series + R"(outcome="failure"})") == 1;
+  })) << metrics_.Render();
+  EXPECT_EQ(Sample(series + R"(outcome="success"})"), 0);
+  // The first retry comes after EventDelivery::kMinBackoff (1 s).
+  ASSERT_TRUE(RunUntil([&] {
+    return Sample(series + R"(outcome="success"})") == 1;
+  })) << metrics_.Render();
+  EXPECT_EQ(Sample(series + R"(outcome="failure"})"), 1);
+  EXPECT_TRUE(RunUntil([&] { return store_.marks(1) == 1; }));
+  collector_.reset();  // before the directory goes
+}
+
 }  // namespace
 }  // namespace boxmeter
