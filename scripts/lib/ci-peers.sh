@@ -148,7 +148,7 @@ webhook_received() {
 import json, sys
 event = json.load(open(sys.argv[1]))
 sys.exit(0 if (event["kind"], event["user"]) == (sys.argv[2], sys.argv[3]) else 1)' \
-    "$body" "$1" "$2" || return 1
+    "$body" "$1" "$2" 2>/dev/null || return 1  # not yet, or not all written yet
   id=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$body")
   signature=$(openssl dgst -sha256 -r -hmac "$(cat "$work/webhook-secret")" <"$body" | cut -d' ' -f1)
   grep -qx "X-Boxmeter-Event-Id: $id" "$headers" ||
