@@ -140,21 +140,24 @@ peers_webhook() {
 }
 # webhook_received KIND USER: the last request the receiver got is USER's
 # usage event KIND, with its id as X-Boxmeter-Event-Id and signed with the
-# secret (HMAC-SHA256 as openssl computes it over the body received).
+# secret (HMAC-SHA256 as openssl computes it over the body received); sets
+# webhook_event_id to that id.
 webhook_received() {
   local body=$work/webhook.body headers=$work/webhook.headers id signature
   [ -s "$body" ] && [ -s "$headers" ] || return 1
-  python3 -c '
+  # Not yet, or not all written yet: no id.
+  id=$(python3 -c '
 import json, sys
 event = json.load(open(sys.argv[1]))
-sys.exit(0 if (event["kind"], event["user"]) == (sys.argv[2], sys.argv[3]) else 1)' \
-    "$body" "$1" "$2" 2>/dev/null || return 1  # not yet, or not all written yet
-  id=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$body")
+if (event["kind"], event["user"]) == (sys.argv[2], sys.argv[3]):
+    print(event["id"])' "$body" "$1" "$2" 2>/dev/null) || return 1
+  [ -n "$id" ] || return 1
   signature=$(openssl dgst -sha256 -r -hmac "$(cat "$work/webhook-secret")" <"$body" | cut -d' ' -f1)
   grep -qx "X-Boxmeter-Event-Id: $id" "$headers" ||
     fail "the webhook got event $id without its id in X-Boxmeter-Event-Id: $(cat "$headers")"
   grep -qx "X-Boxmeter-Signature: sha256=$signature" "$headers" ||
     fail "the webhook got event $id with a wrong signature (want sha256=$signature): $(cat "$headers")"
+  webhook_event_id=$id
 }
 # event_delivered KIND USER: USER's usage event KIND is marked delivered.
 event_delivered() {
