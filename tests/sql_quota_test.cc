@@ -333,6 +333,35 @@ TEST_F(SqlQuotaTest, NodeMultipliersWeighQuotaUsageNeverTheTotals) {
       "42501");
 }
 
+// A user renamed onto a name whose history was kept takes that history
+// into their lifetime only, exactly as a user added under the name does:
+// neither its weighted bytes (edge-2 counts double) nor its first use
+// count for them (0021).
+TEST_F(SqlQuotaTest, RenameOntoKeptHistoryIsLikeAddingTheUser) {
+  Query("SELECT set_node_multiplier('edge-2', 2); SELECT add_user('bob')");
+  meter("edge-2").Commit({{kUser, "bob", 400, 600}}, DayMs(0));
+  Query("SELECT delete_user('bob', keep_history => true)");
+  auto bob = [&] {
+    return Query(
+        "SELECT used_bytes, lifetime_bytes, on_hold, first_seen IS NULL "
+        "FROM user_quota_status WHERE name = 'bob'");
+  };
+  Query(
+      "SELECT add_user('bob', 10000); "
+      "SELECT set_on_hold('bob', interval '30 days')");
+  EXPECT_EQ(bob(), "0|1000|t|t");
+  Query("SELECT delete_user('bob', keep_history => true)");
+
+  Query(
+      "SELECT add_user('alice', 10000); "
+      "SELECT set_on_hold('alice', interval '30 days')");
+  Query("SELECT rename_user('alice', 'bob')");
+  EXPECT_EQ(bob(), "0|1000|t|t");
+  // Their own traffic counts, weighted, and starts their expiry.
+  meter("edge-2").Commit({{kUser, "bob", 100, 0}}, DayMs(0, 1));
+  EXPECT_EQ(bob(), "200|1100|f|f");
+}
+
 TEST_F(SqlQuotaTest, UsageEventsAreRecordedOncePerPeriodInTheCommit) {
   const std::string meter = "meter_" + database();
   const std::string operator_role = "operator_" + database();
