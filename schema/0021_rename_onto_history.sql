@@ -3,8 +3,8 @@
 -- delete_user(name, keep_history => true) leaves the name's counters; a
 -- user renamed onto that name takes them into their lifetime, and 0008's
 -- rename_user moved the usage offset by their raw bytes so that the period
--- would not count them. Two things it missed, both found by a rename onto
--- such a name (SqlQuotaTest.RenameOntoKeptHistoryIsLikeAddingTheUser):
+-- would not count them. It missed two things, both reproduced by
+-- SqlQuotaTest.RenameOntoKeptHistoryIsLikeAddingTheUser:
 --   * node multipliers (0011): usage counts that history weighted, the
 --     offset took it raw, so a rename onto 1,000 bytes kept on a node that
 --     counts double charged the user 1,000 bytes they never used (0011's
@@ -14,7 +14,7 @@
 --     first_seen was set, without a byte of theirs.
 -- add_user under such a name sets both (users_rules_weighted_offset and
 -- users_rules_on_hold); rename_user now does the same. The body is 0008's
--- with the history summed raw and weighted and both columns moved.
+-- with the history locked, summed raw and weighted, and both columns moved.
 
 SELECT set_config('search_path', format('%I, pg_temp', current_schema()),
                   true);
@@ -60,13 +60,17 @@ BEGIN
   -- name of the user's own counts already.
   IF NOT EXISTS (SELECT 1 FROM renamed_users r
                   WHERE r.old_name = new_nfc AND r.user_id = the_user.id) THEN
+    -- Locked, as the user's own above: traffic a collector still commits
+    -- under the name lands before (history) or after the rename (theirs).
     SELECT coalesce(sum(c.uplink::numeric + c.downlink), 0),
            coalesce(sum((c.uplink::numeric + c.downlink)
                         * coalesce(m.multiplier, 1)), 0)
       INTO merged_raw, merged_weighted
-      FROM counters c
-      LEFT JOIN node_multipliers m ON m.node = c.node
-     WHERE c.kind = 'user' AND c.name = new_nfc;
+      FROM (SELECT h.node, h.uplink, h.downlink FROM counters h
+             WHERE h.kind = 'user' AND h.name = new_nfc
+             ORDER BY h.id
+               FOR UPDATE) AS c
+      LEFT JOIN node_multipliers m ON m.node = c.node;
   END IF;
   INSERT INTO counters (node, kind, name, instance_start, first_seen,
                         last_seen)
