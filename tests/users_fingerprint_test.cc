@@ -133,5 +133,29 @@ TEST_F(UsersFingerprintTest, MovesWhenAnExpiryPassesWithoutAnyWrite) {
   EXPECT_EQ(Sql("SELECT name FROM eligible_users"), "alice");
 }
 
+// 0022 changed how the digest is computed, not what: it is still 0002's
+// formula (each row's text hashed twice, the hashes summed), so an upgrade
+// moves no fingerprint; and it still runs as its owner, without JIT.
+TEST_F(UsersFingerprintTest, DigestIsUnchangedAndRunsAsItsOwner) {
+  EXPECT_EQ(Read(), Sql(R"sql(
+    SELECT md5(concat_ws(':', i.n, i.h0, i.h1, u.n, u.h0, u.h1))
+      FROM (SELECT count(*) AS n,
+                   coalesce(sum(hashtextextended(r::text, 0)), 0) AS h0,
+                   coalesce(sum(hashtextextended(r::text, 1)), 0) AS h1
+              FROM (SELECT ROW(tag, type, listen, listen_port, options) AS r
+                      FROM inbounds
+                     WHERE node = 'edge-1' AND enabled) AS rows) AS i,
+           (SELECT count(*) AS n,
+                   coalesce(sum(hashtextextended(r::text, 0)), 0) AS h0,
+                   coalesce(sum(hashtextextended(r::text, 1)), 0) AS h1
+              FROM (SELECT ROW(inbound_tag, user_name, uuid, password, flow,
+                               alter_id) AS r
+                      FROM node_inbound_users
+                     WHERE node = 'edge-1') AS rows) AS u)sql"));
+  EXPECT_EQ(Sql("SELECT prosecdef, proconfig::text LIKE '%jit=off%' "
+                "FROM pg_proc WHERE proname = 'users_fingerprint'"),
+            "t|t");
+}
+
 }  // namespace
 }  // namespace boxmeter
