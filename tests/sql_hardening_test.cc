@@ -195,6 +195,23 @@ TEST_F(SqlHardeningTest, RenameLeavesNoZeroRowsAndOldNameTrafficCounts) {
   EXPECT_EQ(Query("SELECT count(*) FROM counters"), "0");
 }
 
+// An operator's plain UPDATE of a name would leave the user's traffic
+// under the old one: usage 0, a way around the quota. Only rename_user
+// renames (0021).
+TEST_F(SqlHardeningTest, NamesChangeOnlyThroughRenameUser) {
+  AddLinked("alice", "1000");
+  meter("edge-1").Commit({{kUser, "alice", 600, 0}}, DayMs(0));
+  ExpectError(Error("UPDATE users SET name = 'bob' WHERE name = 'alice'"),
+              "22023",
+              {"user 'alice' cannot be renamed to 'bob' by an UPDATE",
+               "SELECT rename_user('alice', 'bob')"});
+  EXPECT_EQ(State("alice"), "active|600");
+  // Other columns, and the same name, are still fine.
+  Query("UPDATE users SET name = 'alice', note = 'n' WHERE name = 'alice'");
+  EXPECT_EQ(Query("SELECT name FROM rename_user('alice', 'bob')"), "bob");
+  EXPECT_EQ(State("bob"), "active|600");
+}
+
 TEST_F(SqlHardeningTest, UsersWithoutAnEnabledInboundAreNoInbound) {
   AddLinked("alice");
   Query(

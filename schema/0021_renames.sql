@@ -1,5 +1,6 @@
--- 0021: rename_user onto a name whose history was kept charges nothing.
+-- 0021: renames keep quota usage right.
 --
+-- rename_user onto a name whose history was kept charges nothing.
 -- delete_user(name, keep_history => true) leaves the name's counters; a
 -- user renamed onto that name takes them into their lifetime, and 0008's
 -- rename_user moved the usage offset by their raw bytes so that the period
@@ -14,7 +15,17 @@
 --     first_seen was set, without a byte of theirs.
 -- add_user under such a name sets both (users_rules_weighted_offset and
 -- users_rules_on_hold); rename_user now does the same. The body is 0008's
--- with the history locked, summed raw and weighted, and both columns moved.
+-- with the history locked, summed raw and weighted, and both columns moved,
+-- and the rename announced to the rules below for as long as it runs.
+--
+-- A name changes only through rename_user. Operators may UPDATE users, and
+-- a plain UPDATE of the name left the user's counters under the old name:
+-- their usage and lifetime fell to 0, a way around the quota
+-- (SqlHardeningTest.NamesChangeOnlyThroughRenameUser). The rule
+-- users_rules_rename refuses it and names the call to make instead.
+-- rename_user sets boxmeter.renaming_user to the user's id while it moves
+-- the counters (transaction-local), which is also how 0023's usage events
+-- know that those moves are no traffic.
 
 SELECT set_config('search_path', format('%I, pg_temp', current_schema()),
                   true);
@@ -72,6 +83,8 @@ BEGIN
                FOR UPDATE) AS c
       LEFT JOIN node_multipliers m ON m.node = c.node;
   END IF;
+  -- What follows moves counters and renames: no traffic, no rule broken.
+  PERFORM set_config('boxmeter.renaming_user', the_user.id::text, true);
   INSERT INTO counters (node, kind, name, instance_start, first_seen,
                         last_seen)
   SELECT o.node, 'user', new_nfc, timestamptz 'epoch', o.first_seen,
@@ -118,9 +131,40 @@ BEGIN
          created_lifetime = LEAST(u.created_lifetime + merged_raw,
                                   9223372036854775807)::bigint
    WHERE u.id = the_user.id;
+  PERFORM set_config('boxmeter.renaming_user', '', true);
   RETURN boxmeter_status(the_user.id);
 END
 $rename$;
+
+-- Refuses a change of a user's name outside rename_user (above), which
+-- moves their traffic with it. Runs after users_rules, so a name that only
+-- changes its Unicode form is no rename.
+CREATE FUNCTION boxmeter_users_rename_rule()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $rename_rule$
+BEGIN
+  IF NEW.name IS DISTINCT FROM OLD.name
+     AND coalesce(current_setting('boxmeter.renaming_user', true), '')
+         <> OLD.id::text THEN
+    RAISE EXCEPTION 'UPDATE on users: user % cannot be renamed to % by an '
+                    'UPDATE: their traffic and quota usage would stay '
+                    'under the old name', quote_literal(OLD.name),
+                    quote_literal(NEW.name)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = format('rename_user moves them: SELECT rename_user(%L, '
+                          '%L)', OLD.name, NEW.name);
+  END IF;
+  RETURN NEW;
+END
+$rename_rule$;
+
+CREATE TRIGGER users_rules_rename
+  BEFORE UPDATE OF name ON users
+  FOR EACH ROW EXECUTE FUNCTION boxmeter_users_rename_rule();
+
+REVOKE EXECUTE ON FUNCTION boxmeter_users_rename_rule() FROM PUBLIC;
 
 -- Recorded by the file itself, so that it applies on its own with plain
 -- psql (psql -1 -v ON_ERROR_STOP=1 -f) as well as through the collector's
@@ -129,5 +173,5 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
   name text PRIMARY KEY,
   applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO schema_migrations (name) VALUES ('0021_rename_onto_history.sql')
+INSERT INTO schema_migrations (name) VALUES ('0021_renames.sql')
 ON CONFLICT (name) DO NOTHING;
