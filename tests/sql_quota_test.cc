@@ -362,6 +362,61 @@ TEST_F(SqlQuotaTest, RenameOntoKeptHistoryIsLikeAddingTheUser) {
   EXPECT_EQ(bob(), "200|1100|f|f");
 }
 
+// Events are about users: a rename is no traffic, traffic still counted
+// under an old name is the user's, and a quota of 0 never lets anyone back
+// in (0023).
+// sing-box counts a renamed user's old name until it reloads: that traffic
+// is the user's, for first use (on hold) and online as for usage (0024).
+TEST_F(SqlQuotaTest, OldNameTrafficIsTheUsersFirstAndLastTraffic) {
+  Query(
+      "SELECT add_user('carol', 1000); "
+      "SELECT set_on_hold('carol', interval '30 days'); "
+      "SELECT rename_user('carol', 'caroline')");
+  meter("edge-1").Commit({{kUser, "carol", 100, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT used_bytes, on_hold, online, first_seen = last_seen, "
+                  "expires_at = first_seen + interval '30 days' "
+                  "FROM user_quota_status WHERE name = 'caroline'"),
+            "100|f|t|t|t");
+}
+
+TEST_F(SqlQuotaTest, UsageEventsFollowRenamesAndQuotaZero) {
+  Query(
+      "SELECT add_user('alice', 1000), add_user('bob', 1000), "
+      "add_user('zed', 0); SELECT set_usage_events(true)");
+  auto events = [&] {
+    return Query(
+        "SELECT user_name, kind, threshold, used_bytes FROM usage_events "
+        "ORDER BY id");
+  };
+  // Renamed there and back at 600 of 1000: nothing crossed.
+  meter("edge-1").Commit({{kUser, "alice", 600, 0}}, DayMs(0));
+  Query(
+      "SELECT rename_user('alice', 'alicia'); "
+      "SELECT rename_user('alicia', 'alice')");
+  EXPECT_EQ(events(), "alice|first_traffic|0|600");
+  EXPECT_EQ(Query("SELECT used_bytes FROM user_quota_status "
+                  "WHERE name = 'alice'"),
+            "600");
+  // bob is robert now, but sing-box still counts "bob" until it reloads.
+  Query("SELECT rename_user('bob', 'robert')");
+  meter("edge-1").Commit({{kUser, "bob", 900, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT user_name, kind, threshold, used_bytes "
+                  "FROM usage_events WHERE user_name = 'robert' ORDER BY kind"),
+            "robert|first_traffic|0|900\nrobert|threshold|80|900");
+  // zed's daily period ends: with a quota of 0 he is not back.
+  Query(
+      "SELECT set_quota_reset('zed', 'daily'); "
+      "UPDATE users SET period_start = now() - interval '2 days', "
+      "period_end = (SELECT period_start FROM quota_period('daily', "
+      "now())) WHERE name = 'zed'");
+  meter("edge-1").Commit({{kUser, "alice", 1, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT count(*) FROM quota_periods p JOIN users u "
+                  "ON u.id = p.user_id WHERE u.name = 'zed'"),
+            "1");
+  EXPECT_EQ(Query("SELECT count(*) FROM usage_events WHERE user_name = 'zed'"),
+            "0");
+}
+
 TEST_F(SqlQuotaTest, UsageEventsAreRecordedOncePerPeriodInTheCommit) {
   const std::string meter = "meter_" + database();
   const std::string operator_role = "operator_" + database();
