@@ -16,6 +16,18 @@
 #   TIMINGS=0 KEEP=1 scripts/sql-bench.sh    the data set only
 #   SCHEMA_REV=<commit> scripts/sql-bench.sh  the schema of that commit, to
 #                                        compare (its missing functions: n/a)
+#   HUGE_PAGES=1 scripts/sql-bench.sh    the server's shared memory in huge
+#                                        pages (as root: reserves them with
+#                                        sysctl vm.nr_hugepages and gives
+#                                        them back at the end)
+#
+# Each run is the first statement of a new session. Without huge pages a
+# new PostgreSQL process maps each 4 kB page of shared buffers it touches
+# on first use; on this project's virtual machines that page fault costs
+# about 9 µs a page (tens of times the usual), 130 to 190 ms of every
+# report over all users. A long-lived or pooled connection pays it once;
+# HUGE_PAGES=1 shows the figures without it (BENCHMARKS.md, "The first
+# query of a session").
 #
 # The data set: USERS users with a quota, all linked to inbound vless-in of
 # node edge-1, half of them also to edge-2's; one user counter per user and
@@ -37,21 +49,45 @@ if [[ $(id -u) == 0 ]]; then
   as_server=(runuser -u postgres --)
 fi
 port=$((20000 + RANDOM % 20000))
+huge_pages_before=""  # vm.nr_hugepages to give back, when this run raised it
 cleanup() {
   "${as_server[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop \
     >/dev/null 2>&1 || true
   rm -rf "$dir"
+  if [[ -n $huge_pages_before ]]; then
+    sysctl -q -w vm.nr_hugepages="$huge_pages_before" || true
+  fi
 }
 if [[ ${KEEP:-} == 1 ]]; then
-  trap 'echo "kept: psql -h 127.0.0.1 -p $port -U postgres bench; stop: pg_ctl -D $dir/data stop" >&2' EXIT
+  trap 'echo "kept: psql -h 127.0.0.1 -p $port -U postgres bench; stop: pg_ctl -D $dir/data stop${huge_pages_before:+; then: sysctl -w vm.nr_hugepages=$huge_pages_before}" >&2' EXIT
 else
   trap cleanup EXIT
 fi
 "${as_server[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres \
   --no-sync -E UTF8 --locale=C >/dev/null
+server_options="-c listen_addresses=127.0.0.1 -p $port"
+server_options+=" -c unix_socket_directories=$dir"
+if [[ ${HUGE_PAGES:-} == 1 ]]; then
+  if [[ $(id -u) != 0 ]]; then
+    echo "sql-bench.sh: HUGE_PAGES=1 reserves huge pages with sysctl" \
+      "vm.nr_hugepages; run it as root, or without HUGE_PAGES" >&2
+    exit 1
+  fi
+  # What this server's shared memory needs (PostgreSQL 15 computes it).
+  needed=$("${as_server[@]}" "$bin/postgres" -D "$dir/data" \
+    -C shared_memory_size_in_huge_pages)
+  huge_pages_before=$(cat /proc/sys/vm/nr_hugepages)
+  sysctl -q -w vm.nr_hugepages=$((huge_pages_before + needed))
+  if (($(cat /proc/sys/vm/nr_hugepages) < huge_pages_before + needed)); then
+    echo "sql-bench.sh: the kernel gave $(cat /proc/sys/vm/nr_hugepages)" \
+      "huge pages of the $((huge_pages_before + needed)) asked" \
+      "(vm.nr_hugepages); free memory, or run without HUGE_PAGES" >&2
+    exit 1
+  fi
+  server_options+=" -c huge_pages=on"
+fi
 "${as_server[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-  -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir" \
-  start >/dev/null
+  -o "$server_options" start >/dev/null
 psql() { PGOPTIONS="-c client_min_messages=warning" command psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
   -U postgres "$@"; }
 psql -d postgres -c "CREATE DATABASE bench" >/dev/null
@@ -70,7 +106,7 @@ else
 fi
 
 echo "building the data set: $users users (load: $(cut -d' ' -f1-3 \
-  /proc/loadavg))" >&2
+  /proc/loadavg); huge pages: $(psql -d bench -At -c 'SHOW huge_pages'))" >&2
 psql -d bench -v users="$users" >/dev/null <<'SQL'
 SET client_min_messages = warning;
 INSERT INTO nodes (name) VALUES ('edge-1'), ('edge-2');
