@@ -379,6 +379,70 @@ TEST_F(SqlQuotaTest, OldNameTrafficIsTheUsersFirstAndLastTraffic) {
             "100|f|t|t|t");
 }
 
+// '1 month' on hold ends at one instant, whatever the reader's session
+// time zone: on the calendar of the user's own zone (0024).
+TEST_F(SqlQuotaTest, OnHoldExpiryIsOneInstantInEverySession) {
+  Query(
+      "SELECT set_default_time_zone('UTC'); SELECT add_user('dora'); "
+      "SELECT set_on_hold('dora', interval '1 month'); "
+      "UPDATE users SET created_at = '2026-10-01 00:00+00' "
+      "WHERE name = 'dora'");
+  meter("edge-1").Commit({{kUser, "dora", 10, 0}}, DayMs(0));
+  Query(
+      "UPDATE counters SET first_seen = '2026-10-30 22:00+00' "
+      "WHERE name = 'dora'");
+  auto expires = [&](const std::string& session_zone) {
+    return Query("SET TIME ZONE '" + session_zone +
+                 "'; SELECT (extract(epoch FROM expires_at) - extract(epoch "
+                 "FROM timestamptz '2026-11-30 22:00+00'))::bigint "
+                 "FROM user_quota_status WHERE name = 'dora'");
+  };
+  EXPECT_EQ(expires("UTC"), "0");
+  EXPECT_EQ(expires("Asia/Tehran"), "0");
+  // In Tehran her first byte came at 01:30 on 31 October: a month later
+  // is 01:30 on 30 November there, 22:00 UTC on the 29th.
+  Query("UPDATE users SET time_zone = 'Asia/Tehran' WHERE name = 'dora'");
+  EXPECT_EQ(expires("America/New_York"), "-86400");
+}
+
+// What operators write to users directly: reset settings close an ended
+// period first, as set_quota_reset does, and a time zone is a name, not an
+// abbreviation (0025).
+TEST_F(SqlQuotaTest, PeriodSettingsAsOperatorsWriteThem) {
+  const std::string operator_role = "operator_" + database();
+  Query("CREATE ROLE " + operator_role + " LOGIN IN ROLE boxmeter_operator; " +
+        "SELECT add_user('alice', 1000); "
+        "SELECT set_quota_reset('alice', 'daily')");
+  meter("edge-1").Commit({{kUser, "alice", 300, 0}}, DayMs(0));
+  // Her day ended and no commit has rolled it over yet.
+  Query(
+      "UPDATE users SET period_start = period_start - interval '1 day', "
+      "period_end = now() - interval '1 hour' WHERE name = 'alice'");
+  EXPECT_EQ(Query("SELECT used_bytes FROM user_quota_status"), "0");
+  Query("UPDATE users SET time_zone = 'Europe/Berlin' WHERE name = 'alice'",
+        operator_role);
+  EXPECT_EQ(Query("SELECT used_bytes, period_end > now() "
+                  "FROM user_quota_status"),
+            "0|t");
+  EXPECT_EQ(Query("SELECT used_bytes, ended_by FROM quota_periods"),
+            "300|rollover");
+
+  for (const std::string zone : {"PST", "PDT", "CEST", "MSK"}) {
+    ExpectError(Error("SELECT set_quota_reset('alice', 'daily', time_zone => "
+                      "'" +
+                      zone + "')"),
+                "22023",
+                {"time zone '" + zone + "' is an abbreviation", "HINT"});
+  }
+  ExpectError(Error("SELECT set_default_time_zone('CEST')"), "22023",
+              {"'CEST' is an abbreviation"});
+  // The check gives the caller's time zone back.
+  EXPECT_EQ(Query("SET TIME ZONE 'Asia/Tehran'; "
+                  "SELECT boxmeter_time_zone_problem('Europe/Berlin') IS NULL, "
+                  "current_setting('TimeZone')"),
+            "t|Asia/Tehran");
+}
+
 TEST_F(SqlQuotaTest, UsageEventsFollowRenamesAndQuotaZero) {
   Query(
       "SELECT add_user('alice', 1000), add_user('bob', 1000), "

@@ -1,5 +1,5 @@
 -- 0024: traffic under a renamed user's old name is their first and last
--- traffic too.
+-- traffic too; an on-hold user's expiry is one instant.
 --
 -- After rename_user, sing-box counts the old name until it reloads, and
 -- that traffic already counted in the user's lifetime and quota usage
@@ -11,8 +11,17 @@
 -- moved again when the first traffic under the new name came
 -- (SqlQuotaTest.OldNameTrafficIsTheUsersFirstAndLastTraffic). Both now take
 -- the old names' counters too, looked up only for users who have any, as
--- the lifetime already does. The view is 0017's with that change, column
--- for column.
+-- the lifetime already does.
+--
+-- And an on-hold user's expiry (first_seen + on_hold_for) was added in the
+-- session's time zone: '1 month' from 22:00 UTC on 30 October ended on 30
+-- November in a UTC session and on 29 November in a Tehran one, so a
+-- collector and an operator saw different expiries, and the time events
+-- (0014), recorded once per expiry, could record expiry_soon twice
+-- (SqlQuotaTest.OnHoldExpiryIsOneInstantInEverySession). It is now added on
+-- the calendar of the user's time zone (the database-wide one if they have
+-- none), as their quota periods are. The view is 0017's with these two
+-- changes, column for column.
 
 SELECT set_config('search_path', format('%I, pg_temp', current_schema()),
                   true);
@@ -112,10 +121,17 @@ SELECT u.id, u.name, u.enabled, u.quota_bytes, u.expires_at, u.uuid,
      ) AS sums
  ) AS usage
  CROSS JOIN LATERAL (
+   -- on_hold_for counts on the calendar of the user's time zone, not the
+   -- session's: '1 month' or '30 days' after the first traffic is one
+   -- instant for every reader.
    SELECT CASE WHEN u.on_hold_for IS NULL THEN u.expires_at
                WHEN usage.first_seen IS NOT NULL
-                 THEN usage.first_seen + u.on_hold_for
+                 THEN (usage.first_seen AT TIME ZONE zone.name
+                       + u.on_hold_for) AT TIME ZONE zone.name
                ELSE u.activate_by END AS at
+     FROM (SELECT coalesce(u.time_zone,
+                           (SELECT boxmeter_default_time_zone())) AS name)
+          AS zone
  ) AS expiry;
 
 -- Recorded by the file itself, so that it applies on its own with plain
@@ -125,5 +141,5 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
   name text PRIMARY KEY,
   applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO schema_migrations (name) VALUES ('0024_old_names_seen.sql')
+INSERT INTO schema_migrations (name) VALUES ('0024_first_use_and_expiry.sql')
 ON CONFLICT (name) DO NOTHING;
