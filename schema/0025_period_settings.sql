@@ -77,15 +77,18 @@ BEGIN
   END IF;
   -- A period that ended is closed with the old rules, as boxmeter_roll_user
   -- closes it (it cannot be called here: it updates this very row).
-  IF TG_OP = 'UPDATE' AND OLD.period_end <= now() THEN
-    lifetime := boxmeter_user_usage_lifetime(OLD.id, OLD.name);
-    INSERT INTO quota_periods (user_id, period_start, period_end, used_bytes,
-                               ended_by)
-    VALUES (OLD.id, OLD.period_start, OLD.period_end,
-            GREATEST(lifetime - OLD.usage_offset, 0), 'rollover')
-    ON CONFLICT (user_id, period_start) DO NOTHING;
-    NEW.usage_offset := lifetime;
-    NEW.period_start := (boxmeter_user_period(OLD, now())).period_start;
+  -- (Nested: OLD is not assigned on INSERT.)
+  IF TG_OP = 'UPDATE' THEN
+    IF OLD.period_end <= now() THEN
+      lifetime := boxmeter_user_usage_lifetime(OLD.id, OLD.name);
+      INSERT INTO quota_periods (user_id, period_start, period_end,
+                                 used_bytes, ended_by)
+      VALUES (OLD.id, OLD.period_start, OLD.period_end,
+              GREATEST(lifetime - OLD.usage_offset, 0), 'rollover')
+      ON CONFLICT (user_id, period_start) DO NOTHING;
+      NEW.usage_offset := lifetime;
+      NEW.period_start := (boxmeter_user_period(OLD, now())).period_start;
+    END IF;
   END IF;
   NEW.period_end := (boxmeter_user_period(NEW, now())).period_end;
   RETURN NEW;
