@@ -351,6 +351,27 @@ TEST_F(SqlFunctionsTest, TopUsersRanksARangeOfHours) {
               "22023", {"is not before to_time", "swap"});
 }
 
+// top_users sums in bigint (0026) and, where that overflows, again in
+// numeric, clamped at the bigint maximum as before.
+TEST_F(SqlFunctionsTest, TopUsersClampsSumsPastTheBigintMaximum) {
+  const int64_t five_eb = 5'000'000'000'000'000'000;
+  // a's uplink overflows when its two nodes are added up.
+  meter("edge-1").Commit({{kUser, "a", five_eb, 0}, {kUser, "b", 1, 0}},
+                         DayMs(-1, 10));
+  meter("edge-2").Commit({{kUser, "a", five_eb, 0}}, DayMs(-1, 10));
+  // c's uplink and downlink fit; their total does not.
+  meter("edge-1").Commit({{kUser, "c", five_eb, five_eb}}, DayMs(-1, 12));
+  std::string day1 = "(current_date - 1)::timestamptz";
+  EXPECT_EQ(Query("SELECT rank, name, uplink, downlink, total FROM top_users(" +
+                  day1 + " + interval '10 hours', " + day1 +
+                  " + interval '11 hours')"),
+            "1|a|9223372036854775807|0|9223372036854775807\n2|b|1|0|1");
+  EXPECT_EQ(Query("SELECT rank, name, uplink, downlink, total FROM top_users(" +
+                  day1 + " + interval '12 hours', " + day1 +
+                  " + interval '13 hours')"),
+            "1|c|5000000000000000000|5000000000000000000|9223372036854775807");
+}
+
 TEST_F(SqlFunctionsTest, DailyAndHourlyViewsSumOverNodes) {
   meter("edge-1").Commit({{kUser, "a", 1, 2}, {kInbound, "vless-in", 1, 2}},
                          DayMs(-1, 22));
