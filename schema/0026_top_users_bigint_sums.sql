@@ -7,10 +7,10 @@
 -- session pays for each page of that memory as it first touches it
 -- (BENCHMARKS.md, "The first query of a session"). boxmeter_bigint_sum
 -- keeps a plain bigint per group (int8pl, which raises 22003 "bigint out
--- of range" rather than wrap): 11 MB and 10 MB. Measured on a quiet
--- machine, best of three as the first query of a session: 30 days 470-510
--- ms before and 380 after, 7 days 236-250 and 168-174
--- (BENCHMARKS.md, "bigint sums").
+-- of range" rather than wrap): 11 MB and 10 MB. scripts/sql-bench.sh
+-- with huge pages, one machine, back to back: 30 days 412 ms before and
+-- 277 after, 7 days 229 and 148 (BENCHMARKS.md, "0026: top_users sums in
+-- bigint").
 --
 -- A user's bytes over a range fit a bigint unless they pass 9.2 EB, so the
 -- numeric sums that 0011 clamps at the bigint maximum are the fallback:
