@@ -19,7 +19,8 @@ namespace {
 // the operator put them, and generated objects read "type, tag, ..." first.
 using Json = nlohmann::ordered_json;
 
-// What a type's user object is made of (docs/design.md, "sing-box user fields").
+// What a type's user object is made of (docs/design.md, "sing-box user
+// fields").
 enum class UserShape {
   kNamePassword,      // trojan, shadowsocks, hysteria2, anytls
   kNameUuidFlow,      // vless

@@ -152,11 +152,8 @@ TEST(ExposureTest, LiveDatabaseThatGoesAwayNeverShowsThePassword) {
                                 .poll_interval = "200ms",
                                 .source_timeout = "500ms"});
   collector.Start();
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        return collector.CountLogLines("committed") > 0;
-      },
-      30s))
+  ASSERT_TRUE(
+      WaitUntil([&] { return collector.CountLogLines("committed") > 0; }, 30s))
       << collector.LogTail();
   pg.Stop(PgServer::StopMode::kImmediate);
   ASSERT_TRUE(WaitUntil(

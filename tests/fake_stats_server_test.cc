@@ -1,5 +1,6 @@
-// FakeStatsServer behaves like sing-box's stats API, as docs/design.md describes
-// it: other tests rely on that, so it is checked here with a plain client.
+// FakeStatsServer behaves like sing-box's stats API, as docs/design.md
+// describes it: other tests rely on that, so it is checked here with a plain
+// client.
 #include "fake_stats_server.h"
 
 #include <grpcpp/grpcpp.h>
