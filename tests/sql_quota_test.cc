@@ -443,6 +443,124 @@ TEST_F(SqlQuotaTest, PeriodSettingsAsOperatorsWriteThem) {
             "t|Asia/Tehran");
 }
 
+// reset_all_usage records its instant only (0027): every user is in a new
+// period at once, and each ended period is written, to the byte of what
+// the call wrote before, by whatever closes that user's periods next: a
+// commit for all of them, reset_usage or set_quota_reset for one, a plain
+// UPDATE of the reset settings for one. A period that had ended by the
+// calendar before the reset is closed first, as the call did.
+TEST_F(SqlQuotaTest, ResetAllUsageEndsEveryPeriodAtItsInstant) {
+  const std::string operator_role = "operator_" + database();
+  Query("CREATE ROLE " + operator_role + " LOGIN IN ROLE boxmeter_operator; " +
+        "INSERT INTO inbounds (node, tag, type, listen_port) "
+        "VALUES ('edge-1', 'vless-in', 'vless', 443); "
+        "SELECT add_user(n, 1000), link_user(n, 'edge-1', 'vless-in') "
+        "  FROM unnest(ARRAY['alice', 'bob', 'carol', 'dave']) AS n; "
+        "SELECT set_quota_reset('bob', 'daily')");
+  meter("edge-1").Commit({{kUser, "alice", 600, 600},
+                          {kUser, "bob", 300, 0},
+                          {kUser, "carol", 70, 0},
+                          {kUser, "dave", 5, 0}},
+                         DayMs(0));
+  EXPECT_EQ(Query("SELECT reset_all_usage()", operator_role), "4");
+  const std::string at = "(SELECT reset_all_at FROM boxmeter_settings)";
+  // bob's day had ended before the reset, and no commit had rolled it over
+  // (the call rolls over the periods due, so this is set afterwards).
+  Query(
+      "UPDATE users SET period_start = now() - interval '2 days', "
+      "period_end = " +
+      at + " - interval '1 hour' WHERE name = 'bob'");
+
+  // At once: nothing used, the period from the reset, alice eligible again.
+  EXPECT_EQ(Query("SELECT string_agg(name || ':' || state || ':' || "
+                  "used_bytes || ':' || (period_start = " +
+                  at +
+                  ") || ':' || lifetime_bytes, ' ' ORDER BY name) "
+                  "FROM user_quota_status"),
+            "alice:active:0:true:1200 bob:active:0:true:300 "
+            "carol:active:0:true:70 dave:active:0:true:5");
+  EXPECT_EQ(Query("SELECT count(*) FROM node_inbound_users"), "4");
+  EXPECT_EQ(Query("SELECT count(*) FROM quota_periods"), "0");
+
+  // One user's functions close that user's periods: bob's ended day first.
+  Query("SELECT set_quota_reset('bob', 'daily')", operator_role);
+  EXPECT_EQ(Query("SELECT p.used_bytes, p.ended_by, p.period_end = " + at +
+                  " FROM quota_periods p ORDER BY p.period_start"),
+            "300|rollover|f\n0|reset|t");
+  // A plain UPDATE of carol's reset settings.
+  Query(
+      "UPDATE users SET reset_strategy = 'weekly', reset_day = 1 "
+      "WHERE name = 'carol'",
+      operator_role);
+  EXPECT_EQ(Query("SELECT p.used_bytes, p.period_end = " + at +
+                  " FROM quota_periods p JOIN users u ON u.id = p.user_id "
+                  "WHERE u.name = 'carol'"),
+            "70|t");
+  EXPECT_EQ(Query("SELECT used_bytes FROM reset_usage('dave')", operator_role),
+            "0");
+
+  // The next commit writes the rest before it adds its traffic, which
+  // counts in the new period.
+  meter("edge-1").Commit({{kUser, "alice", 50, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT string_agg(u.name || ':' || p.used_bytes || ':' || "
+                  "p.ended_by || ':' || (p.period_end = " +
+                  at +
+                  "), ' ' ORDER BY u.name, p.period_start) "
+                  "FROM quota_periods p JOIN users u ON u.id = p.user_id"),
+            "alice:1200:reset:true bob:300:rollover:false bob:0:reset:true "
+            "carol:70:reset:true dave:5:reset:true dave:0:reset:false");
+  EXPECT_EQ(Query("SELECT used_bytes, period_start = " + at +
+                  " FROM user_quota_status WHERE name = 'alice'"),
+            "50|t");
+  EXPECT_EQ(Query("SELECT count(*) FROM users WHERE period_start < " + at),
+            "0");
+
+  // A second call with the first one's periods still unwritten writes
+  // them: each call ends a period of its own.
+  Query("SELECT reset_all_usage()", operator_role);
+  Query("SELECT reset_all_usage()", operator_role);
+  EXPECT_EQ(Query("SELECT p.used_bytes FROM quota_periods p JOIN users u "
+                  "ON u.id = p.user_id WHERE u.name = 'alice' "
+                  "ORDER BY p.period_start"),
+            "1200\n50");
+  meter("edge-1").Commit({{kUser, "alice", 1, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT string_agg(p.used_bytes::text, ',' "
+                  "ORDER BY p.period_start) FROM quota_periods p "
+                  "JOIN users u ON u.id = p.user_id WHERE u.name = 'alice'"),
+            "1200,50,0");
+  EXPECT_EQ(Query("SELECT used_bytes FROM user_quota_status "
+                  "WHERE name = 'alice'"),
+            "1");
+}
+
+// A commit whose transaction began before a reset_all_usage does not see
+// it (its now() is earlier): its traffic counts in the period the reset
+// ends, and the next commit writes that period with it.
+TEST_F(SqlQuotaTest, ACommitBegunBeforeAResetCountsInTheEndedPeriod) {
+  Query(
+      "INSERT INTO nodes (name) VALUES ('edge-0'); "
+      "SELECT add_user('alice', 1000)");
+  meter("edge-1").Commit({{kUser, "alice", 100, 0}}, DayMs(0));
+  // edge-0's commit, as PgStore writes one: its sequence first, then the
+  // traffic.
+  pqxx::connection late(Url());
+  pqxx::work commit(late);
+  commit.exec("SELECT now()");
+  Query("SELECT reset_all_usage()");
+  commit.exec(
+      "UPDATE nodes SET commit_seq = commit_seq + 1 WHERE name = 'edge-0'; "
+      "INSERT INTO counters (node, kind, name, uplink, instance_start) "
+      "VALUES ('edge-0', 'user', 'alice', 20, now())");
+  commit.commit();
+  EXPECT_EQ(Query("SELECT used_bytes, lifetime_bytes FROM user_quota_status"),
+            "0|120");
+  EXPECT_EQ(Query("SELECT count(*) FROM quota_periods"), "0");
+  meter("edge-1").Commit({{kUser, "alice", 3, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT used_bytes, ended_by FROM quota_periods"),
+            "120|reset");
+  EXPECT_EQ(Query("SELECT used_bytes FROM user_quota_status"), "3");
+}
+
 TEST_F(SqlQuotaTest, UsageEventsFollowRenamesAndQuotaZero) {
   Query(
       "SELECT add_user('alice', 1000), add_user('bob', 1000), "
@@ -535,10 +653,17 @@ TEST_F(SqlQuotaTest, UsageEventsAreRecordedOncePerPeriodInTheCommit) {
 // order). A period may end while such a call runs: the next commit then
 // holds the first of those users and wants the others; a call that took
 // users in any other order held some of them while waiting for the first,
-// and PostgreSQL aborted one side ("deadlock detected").
+// and PostgreSQL aborted one side ("deadlock detected"). Since 0027 a
+// reset_all_usage not yet written is written the same way, by the next
+// commit or the next call: `before` leaves one pending.
+struct ManyUsersCall {
+  const char* before;  // run and committed first; "" for nothing
+  const char* call;
+};
+
 class OperatorLockOrderTest
     : public SqlTest,
-      public ::testing::WithParamInterface<const char*> {};
+      public ::testing::WithParamInterface<ManyUsersCall> {};
 
 TEST_P(OperatorLockOrderTest, WaitsForACommitsRolloverWithoutDeadlock) {
   Query(
@@ -553,15 +678,16 @@ TEST_P(OperatorLockOrderTest, WaitsForACommitsRolloverWithoutDeadlock) {
       "UPDATE users SET reset_strategy = 'daily'; "
       "UPDATE users SET note = 'moved' WHERE id % 2 = 1; "
       "ANALYZE");
+  if (*GetParam().before != '\0') Query(GetParam().before);
   pqxx::connection collector(Url());
   pqxx::work commit(collector);
   // The rollover's first user.
   commit.exec("SELECT 1 FROM users WHERE name = 'u1' FOR UPDATE");
   auto call = std::async(std::launch::async,
-                         [&] { return QueryAt(Url(), GetParam()); });
+                         [&] { return QueryAt(Url(), GetParam().call); });
   if (!AwaitLockWaiters(1, std::chrono::seconds(30))) {
     commit.abort();  // lets the call end, so the future's end cannot hang
-    FAIL() << GetParam() << " never waited for the commit";
+    FAIL() << GetParam().call << " never waited for the commit";
   }
   // The rollover's other users, in id order.
   EXPECT_NO_THROW(commit.exec(
@@ -570,11 +696,20 @@ TEST_P(OperatorLockOrderTest, WaitsForACommitsRolloverWithoutDeadlock) {
   EXPECT_NE(call.get(), "<error>");
 }
 
+void PrintTo(const ManyUsersCall& call, std::ostream* out) {
+  *out << call.call;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     ManyUsers, OperatorLockOrderTest,
-    ::testing::Values("SELECT reset_all_usage()",
-                      "SELECT set_node_multiplier('edge-1', 2)",
-                      "SELECT set_default_time_zone('Asia/Tokyo')"));
+    ::testing::Values(
+        // A second call writes the first one's periods.
+        ManyUsersCall{"SELECT reset_all_usage()", "SELECT reset_all_usage()"},
+        // So does another collector's commit.
+        ManyUsersCall{"SELECT reset_all_usage()",
+                      "UPDATE nodes SET commit_seq = commit_seq + 1"},
+        ManyUsersCall{"", "SELECT set_node_multiplier('edge-1', 2)"},
+        ManyUsersCall{"", "SELECT set_default_time_zone('Asia/Tokyo')"}));
 
 }  // namespace
 }  // namespace boxmeter
