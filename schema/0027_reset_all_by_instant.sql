@@ -34,6 +34,11 @@
 -- (boxmeter_roll_user and users_reset_rules, which repeated 0009's steps,
 -- call it); boxmeter_roll_periods does the same for every user due, set
 -- based.
+--
+-- And a period now starts no earlier than the one it follows ended
+-- (boxmeter_roll_due): after the database-wide time zone moved and moved
+-- back, two periods could share a start, and the second one's
+-- quota_periods row, with its bytes, was never written.
 
 SELECT set_config('search_path', format('%I, pg_temp', current_schema()),
                   true);
@@ -68,7 +73,8 @@ BEGIN
   ON CONFLICT (user_id, period_start) DO NOTHING;
   next := boxmeter_user_period(u, at);
   u.usage_offset := lifetime;
-  u.period_start := next.period_start;
+  -- Not before the ended period's end: see boxmeter_roll_due.
+  u.period_start := GREATEST(next.period_start, u.period_end);
   u.period_end := next.period_end;
   RETURN u;
 END
@@ -133,10 +139,11 @@ BEGIN
 END
 $roll$;
 
--- 0009's boxmeter_roll_periods, unchanged: rolls over every user whose
--- period ended by `at` by the calendar, locking them in id order (two
--- collectors committing at once lock them in the same order). Returns how
--- many. Set-based, with each distinct rule's next period computed once.
+-- 0009's boxmeter_roll_periods: rolls over every user whose period ended
+-- by `at` by the calendar, locking them in id order (two collectors
+-- committing at once lock them in the same order). Returns how many.
+-- Set-based, with each distinct rule's next period computed once. One
+-- change: the next period starts no earlier than the ended one's end.
 CREATE FUNCTION boxmeter_roll_due(at timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -173,8 +180,15 @@ BEGIN
       FROM due d
     ON CONFLICT (user_id, period_start) DO NOTHING
   )
+  -- A period starts no earlier than the one it follows ended. The
+  -- calendar's start may be earlier after the database-wide time zone
+  -- moved: a period of the new zone began at the old zone's midnight, and
+  -- back in the old zone the period containing `at` begins there too. Two
+  -- periods with one start shared a quota_periods key, and the second
+  -- one's row was never written (APeriodStartsNoEarlierThanTheLastOneEnded).
   UPDATE users u
-     SET usage_offset = d.lifetime, period_start = p.next_start,
+     SET usage_offset = d.lifetime,
+         period_start = GREATEST(p.next_start, d.period_end),
          period_end = p.next_end
     FROM due d
     JOIN periods p
@@ -310,14 +324,16 @@ END
 $rules$;
 
 -- 0024's view, with the period as a reset_all_usage not yet written left
--- it. Column for column the same, and as fast: sql-bench.sh's data set,
--- all 50,000 users pending or none, gives the same rows as once the
--- periods are written.
+-- it, and a period that ended by the calendar followed by one that starts
+-- no earlier than its end, as the rollover now writes it. Column for
+-- column the same, and as fast: sql-bench.sh's data set, all 50,000 users
+-- pending or none, gives the same rows as once the periods are written.
 CREATE OR REPLACE VIEW users_with_state AS
 SELECT u.id, u.name, u.enabled, u.quota_bytes, u.expires_at, u.uuid,
        u.password, u.flow, u.alter_id, u.created_at, u.note, u.usage_offset,
        CASE WHEN base.period_end <= now()
-            THEN (boxmeter_user_period(u, now())).period_start
+            THEN GREATEST((boxmeter_user_period(u, now())).period_start,
+                          base.period_end)
             ELSE base.period_start END AS period_start,
        usage.used AS used_bytes, usage.lifetime AS lifetime_bytes,
        CASE WHEN NOT u.enabled THEN 'disabled'

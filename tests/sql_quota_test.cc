@@ -533,6 +533,40 @@ TEST_F(SqlQuotaTest, ResetAllUsageEndsEveryPeriodAtItsInstant) {
             "1");
 }
 
+// A period never starts before the one it follows ends. Switched back to
+// the database's old time zone after a period of the new one had ended,
+// the rollover started the next period at the old zone's midnight, the
+// start of the ended period too; the period after it then found its
+// quota_periods key taken and its bytes were in no row (RELIABILITY,
+// "Found, not fixed", before 0027).
+TEST_F(SqlQuotaTest, APeriodStartsNoEarlierThanTheLastOneEnded) {
+  Query(
+      "SELECT set_default_time_zone('Asia/Tokyo'); "
+      "SELECT add_user('alice'); "
+      "SELECT set_quota_reset('alice', 'daily')");
+  meter("edge-1").Commit({{kUser, "alice", 300, 0}}, DayMs(0));
+  // Her Tokyo day began at UTC midnight (she was last rolled over then,
+  // before the zone moved) and ended a moment ago, with no commit since.
+  Query(
+      "UPDATE users SET period_start = date_trunc('day', now()), "
+      "period_end = date_trunc('day', now()) "
+      "+ (now() - date_trunc('day', now())) / 2 WHERE name = 'alice'");
+  Query("SELECT set_default_time_zone('UTC')");
+  meter("edge-1").Commit({{kUser, "alice", 50, 0}}, DayMs(0));
+  // Her UTC day ends (as a commit finds it after midnight).
+  Query("UPDATE users SET period_end = now() WHERE name = 'alice'");
+  meter("edge-1").Commit({{kUser, "alice", 7, 0}}, DayMs(0));
+  EXPECT_EQ(Query("SELECT string_agg(used_bytes::text, ',' "
+                  "ORDER BY period_start) FROM quota_periods"),
+            "300,50");
+  EXPECT_EQ(Query("SELECT count(*) FROM quota_periods p JOIN quota_periods q "
+                  "ON q.user_id = p.user_id AND q.period_start > "
+                  "p.period_start AND q.period_start < p.period_end"),
+            "0");
+  EXPECT_EQ(Query("SELECT used_bytes, lifetime_bytes FROM user_quota_status"),
+            "7|357");
+}
+
 // A commit whose transaction began before a reset_all_usage does not see
 // it (its now() is earlier): its traffic counts in the period the reset
 // ends, and the next commit writes that period with it.
