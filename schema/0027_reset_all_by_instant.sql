@@ -104,15 +104,19 @@ BEGIN
   lifetime := boxmeter_user_usage_lifetime(u.id, u.name);
   IF reset_at IS NOT NULL THEN
     u := boxmeter_roll_row(u, lifetime, reset_at);
-    INSERT INTO quota_periods AS p (user_id, period_start, period_end,
-                                    used_bytes, ended_by)
-    VALUES (u.id, u.period_start, reset_at,
-            GREATEST(lifetime - u.usage_offset, 0), 'reset')
-    ON CONFLICT (user_id, period_start) DO UPDATE
-      SET period_end = excluded.period_end,
-          used_bytes = p.used_bytes + excluded.used_bytes;
-    u.usage_offset := lifetime;
-    u.period_start := reset_at;
+    -- As boxmeter_roll_periods: a period the calendar ended at the reset's
+    -- very instant leaves none for the reset to end.
+    IF u.period_start < reset_at THEN
+      INSERT INTO quota_periods AS p (user_id, period_start, period_end,
+                                      used_bytes, ended_by)
+      VALUES (u.id, u.period_start, reset_at,
+              GREATEST(lifetime - u.usage_offset, 0), 'reset')
+      ON CONFLICT (user_id, period_start) DO UPDATE
+        SET period_end = excluded.period_end,
+            used_bytes = p.used_bytes + excluded.used_bytes;
+      u.usage_offset := lifetime;
+      u.period_start := reset_at;
+    END IF;
   END IF;
   RETURN boxmeter_roll_row(u, lifetime, at);
 END
