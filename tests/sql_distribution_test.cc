@@ -27,8 +27,8 @@ using testing::SqlTest;
 // Rows that belong to one node: what a node's collector or its generator
 // writes and reads. Distributed by node on Citus.
 const std::set<std::string> kNodeScoped = {
-    "nodes",         "counters",    "counter_hourly",   "inbounds",
-    "inbound_users", "node_grants", "node_multipliers",
+    "nodes",    "counters",      "counter_hourly", "counter_weekly",
+    "inbounds", "inbound_users", "node_grants",    "node_multipliers",
 };
 
 // Everything else: per user or for the whole installation, read by every
@@ -43,6 +43,7 @@ const std::set<std::string> kNotNodeScoped = {
     "usage_event_delivery",  // one row: who delivers events now
     "boxmeter_settings",
     "history_retention",
+    "counter_weekly_span",  // one row: how far the weekly sums reach
     "schema_migrations",
 };
 
@@ -59,6 +60,9 @@ const std::set<std::string> kKnownGaps = {
     // No node column at all: rows reach their node through counter_id.
     "counter_hourly primary key (counter_id,hour)",
     "counter_hourly index (hour)",
+    // The weekly sums of counter_hourly's rows, keyed the same way.
+    "counter_weekly primary key (counter_id,week)",
+    "counter_weekly index (week)",
     "inbounds primary key (id)",
     // No node column: rows reach their node through inbound_id.
     "inbound_users primary key (inbound_id,user_id)",

@@ -1,0 +1,429 @@
+-- 0028: top_users reads closed weeks from weekly sums (issue 12, "top_users
+-- over 30 days").
+--
+-- top_users summed every hourly row of its range. Over 30 days of
+-- scripts/sql-bench.sh's data set (a million rows into 75,000 counters)
+-- the grouping by counter alone took 260 to 300 ms on a slow 2-core
+-- machine, whatever the aggregate, and the whole call 370 to 440 ms
+-- (BENCHMARKS.md, "0028: weekly sums"). Daily sums would not shrink that
+-- data set (each counter has one hour a day at most); weekly sums do.
+--
+-- counter_weekly holds, per counter and UTC week (Monday 00:00 UTC), the
+-- sum of the counter's hourly rows in that week, for every hour before
+-- counter_weekly_span.through (a UTC midnight). It is a summary only:
+-- counter_hourly stays the record, and every other report reads it.
+--   * roll_history_day() adds the oldest day not yet summed (the
+--     collector's hourly history upkeep calls it until it is caught up, as
+--     it prunes);
+--   * every later change to an hourly row before `through` (a commit for a
+--     late hour, rename_user's merge, delete_user's cascade, retention's
+--     batches) is applied to the sums by statement triggers on
+--     counter_hourly, from their transition tables;
+--   * prune_history takes a partition's sums out before it drops it
+--     (dropping a table fires no trigger);
+--   * ensure_history_partitions moves rows out of the default partition
+--     without triggers: the rows stay in counter_hourly, so the sums stay.
+-- So a week wholly before `through` sums exactly the hourly rows it has.
+-- Writing a partition directly, or TRUNCATE, bypasses the triggers: write
+-- through counter_hourly (COOKBOOK.md, "Retention and the size of the
+-- history", says how to check the sums and rebuild them).
+--
+-- top_users(from, to) takes the weeks wholly inside [from, to) and before
+-- `through` from counter_weekly, and the hours around them from
+-- counter_hourly: over 30 days, nine days of hours and three weeks, or
+-- two days and four weeks, depending on the weekday.
+--
+-- Locking: a trigger reads the span FOR SHARE and roll_history_day takes
+-- it FOR UPDATE before it reads the day. So a writer that saw the old span
+-- commits before the day is summed (and its rows are in the sum), and one
+-- that comes later sees the new span (and adds its rows itself).
+
+SELECT set_config('search_path', format('%I, pg_temp', current_schema()),
+                  true);
+
+-- The Monday 00:00 UTC on or before `at`.
+CREATE FUNCTION boxmeter_week_of(at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN date_trunc('week', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+
+CREATE TABLE counter_weekly (
+  counter_id bigint NOT NULL REFERENCES counters (id) ON DELETE CASCADE,
+  week timestamptz NOT NULL CHECK (week = boxmeter_week_of(week)),
+  uplink bigint NOT NULL,
+  downlink bigint NOT NULL,
+  -- How many hourly rows the sums hold: the row goes when none is left.
+  hours integer NOT NULL CHECK (hours > 0),
+  PRIMARY KEY (counter_id, week)
+);
+CREATE INDEX counter_weekly_week ON counter_weekly (week);
+COMMENT ON TABLE counter_weekly IS
+  'per counter and UTC week, the sums of its counter_hourly rows before '
+  'counter_weekly_span.through; read by top_users';
+
+CREATE TABLE counter_weekly_span (
+  only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+  -- Every hour before it is in counter_weekly; NULL: nothing summed yet.
+  through timestamptz
+    CHECK (through = date_trunc('day', through AT TIME ZONE 'UTC')
+                       AT TIME ZONE 'UTC')
+);
+INSERT INTO counter_weekly_span DEFAULT VALUES;
+
+-- Adds signed changes to the weekly sums: one element per (counter, week),
+-- `row_counts` the change in hourly rows. A sum is clamped at the bigint range,
+-- as the hourly rows are (9.2 EB in a week: not traffic). A change for a
+-- counter that is gone is dropped (its sums went with it).
+CREATE FUNCTION boxmeter_weekly_add(counter_ids bigint[],
+                                    weeks timestamptz[],
+                                    uplinks numeric[],
+                                    downlinks numeric[],
+                                    row_counts bigint[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+AS $weekly_add$
+BEGIN
+  INSERT INTO counter_weekly AS w (counter_id, week, uplink, downlink, hours)
+  SELECT d.counter_id, d.week,
+         LEAST(GREATEST(d.uplink, -9223372036854775808),
+               9223372036854775807)::bigint,
+         LEAST(GREATEST(d.downlink, -9223372036854775808),
+               9223372036854775807)::bigint,
+         d.hours
+    FROM unnest(counter_ids, weeks, uplinks, downlinks, row_counts)
+           AS d(counter_id, week, uplink, downlink, hours)
+   WHERE d.hours > 0
+     AND EXISTS (SELECT 1 FROM counters c WHERE c.id = d.counter_id)
+  ON CONFLICT (counter_id, week) DO UPDATE SET
+    uplink = LEAST(w.uplink::numeric + excluded.uplink,
+                   9223372036854775807)::bigint,
+    downlink = LEAST(w.downlink::numeric + excluded.downlink,
+                     9223372036854775807)::bigint,
+    hours = w.hours + excluded.hours;
+  -- Changes that take rows away: the rows left with none go first, so that
+  -- the UPDATE below sees only the rows that stay.
+  DELETE FROM counter_weekly w
+   USING unnest(counter_ids, weeks, row_counts) AS d(counter_id, week, hours)
+   WHERE d.hours < 0 AND w.counter_id = d.counter_id AND w.week = d.week
+     AND w.hours + d.hours <= 0;
+  UPDATE counter_weekly w
+     SET uplink = LEAST(GREATEST(w.uplink::numeric + d.uplink, 0),
+                        9223372036854775807)::bigint,
+         downlink = LEAST(GREATEST(w.downlink::numeric + d.downlink, 0),
+                          9223372036854775807)::bigint,
+         hours = w.hours + d.hours
+    FROM unnest(counter_ids, weeks, uplinks, downlinks, row_counts)
+           AS d(counter_id, week, uplink, downlink, hours)
+   WHERE d.hours <= 0 AND w.counter_id = d.counter_id AND w.week = d.week;
+END
+$weekly_add$;
+
+-- The statement triggers on counter_hourly: what the statement inserted
+-- counts in, what it deleted counts out, an UPDATE both (old out, new in).
+-- Only hours before the span's `through` are summed; for the rest the cost
+-- is a scan of the transition tables, within the noise of the 0.5 s that
+-- a commit of 75,000 counters takes (BENCHMARKS.md).
+CREATE FUNCTION boxmeter_counter_weekly_sync()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $sync$
+DECLARE
+  through timestamptz;
+  ids bigint[];
+  weeks timestamptz[];
+  ups numeric[];
+  downs numeric[];
+  hours bigint[];
+BEGIN
+  SELECT s.through INTO through FROM counter_weekly_span s FOR SHARE;
+  IF through IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'INSERT' THEN
+    SELECT array_agg(c.counter_id), array_agg(c.week), array_agg(c.uplink),
+           array_agg(c.downlink), array_agg(c.hours)
+      INTO ids, weeks, ups, downs, hours
+      FROM (SELECT n.counter_id, boxmeter_week_of(n.hour) AS week,
+                   sum(n.uplink) AS uplink, sum(n.downlink) AS downlink,
+                   count(*) AS hours
+              FROM new_rows n
+             WHERE n.hour < through
+             GROUP BY 1, 2) AS c;
+  ELSIF TG_OP = 'DELETE' THEN
+    SELECT array_agg(c.counter_id), array_agg(c.week), array_agg(c.uplink),
+           array_agg(c.downlink), array_agg(c.hours)
+      INTO ids, weeks, ups, downs, hours
+      FROM (SELECT o.counter_id, boxmeter_week_of(o.hour) AS week,
+                   -sum(o.uplink) AS uplink, -sum(o.downlink) AS downlink,
+                   -count(*) AS hours
+              FROM old_rows o
+             WHERE o.hour < through
+             GROUP BY 1, 2) AS c;
+  ELSE
+    SELECT array_agg(c.counter_id), array_agg(c.week), array_agg(c.uplink),
+           array_agg(c.downlink), array_agg(c.hours)
+      INTO ids, weeks, ups, downs, hours
+      FROM (SELECT r.counter_id, boxmeter_week_of(r.hour) AS week,
+                   sum(r.uplink) AS uplink, sum(r.downlink) AS downlink,
+                   sum(r.n) AS hours
+              FROM (SELECT n.counter_id, n.hour, n.uplink::numeric AS uplink,
+                           n.downlink::numeric AS downlink, 1 AS n
+                      FROM new_rows n
+                     WHERE n.hour < through
+                    UNION ALL
+                    SELECT o.counter_id, o.hour, -o.uplink::numeric,
+                           -o.downlink::numeric, -1
+                      FROM old_rows o
+                     WHERE o.hour < through) AS r
+             GROUP BY 1, 2) AS c;
+  END IF;
+  IF ids IS NOT NULL THEN
+    PERFORM boxmeter_weekly_add(ids, weeks, ups, downs, hours);
+  END IF;
+  RETURN NULL;
+END
+$sync$;
+
+CREATE TRIGGER counter_weekly_insert AFTER INSERT ON counter_hourly
+  REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION boxmeter_counter_weekly_sync();
+CREATE TRIGGER counter_weekly_update AFTER UPDATE ON counter_hourly
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION boxmeter_counter_weekly_sync();
+CREATE TRIGGER counter_weekly_delete AFTER DELETE ON counter_hourly
+  REFERENCING OLD TABLE AS old_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION boxmeter_counter_weekly_sync();
+
+-- Sums the oldest UTC day not yet in counter_weekly that has an hourly row,
+-- if it has ended by now(); returns that day, or NULL when there is none
+-- (caught up). One day per call, so the span's lock, which holds back the
+-- triggers of concurrent writers, lasts one day's sum: call it again
+-- until it returns NULL. Runs as its owner: a collector's login may call
+-- it. READ COMMITTED only: the day is read after the span's lock, with a
+-- snapshot taken then.
+CREATE FUNCTION roll_history_day()
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+SET lock_timeout = '5s'
+AS $roll_day$
+DECLARE
+  day timestamptz;
+  ids bigint[];
+  weeks timestamptz[];
+  ups numeric[];
+  downs numeric[];
+  hours bigint[];
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'roll_history_day: needs READ COMMITTED (the '
+                    'transaction is %)',
+                    current_setting('transaction_isolation')
+      USING ERRCODE = 'invalid_transaction_state',
+            HINT = 'call it in a transaction of its own';
+  END IF;
+  -- ensure_history_partitions' and prune_history's lock: they move and
+  -- drop partitions.
+  PERFORM pg_advisory_xact_lock(7093020349380715893);
+  SELECT s.through INTO day FROM counter_weekly_span s FOR UPDATE;
+  -- Days without a row sum to nothing: on to the next day that has one,
+  -- today at most. Never back: the sums already hold the days before it.
+  day := greatest(day, date_trunc('day', least(
+           (SELECT min(h.hour) FROM counter_hourly h
+             WHERE day IS NULL OR h.hour >= day), now()), 'UTC'));
+  IF day + interval '24 hours' > now() THEN
+    UPDATE counter_weekly_span SET through = day;
+    RETURN NULL;
+  END IF;
+  SELECT array_agg(c.counter_id), array_agg(boxmeter_week_of(day)),
+         array_agg(c.uplink), array_agg(c.downlink), array_agg(c.hours)
+    INTO ids, weeks, ups, downs, hours
+    FROM (SELECT h.counter_id, sum(h.uplink) AS uplink,
+                 sum(h.downlink) AS downlink, count(*) AS hours
+            FROM counter_hourly h
+           WHERE h.hour >= day AND h.hour < day + interval '24 hours'
+           GROUP BY h.counter_id) AS c;
+  IF ids IS NOT NULL THEN
+    PERFORM boxmeter_weekly_add(ids, weeks, ups, downs, hours);
+  END IF;
+  UPDATE counter_weekly_span SET through = day + interval '24 hours';
+  RETURN day;
+END
+$roll_day$;
+
+-- 0016's prune_history, which now takes each partition's sums out of
+-- counter_weekly before it drops the partition.
+CREATE OR REPLACE FUNCTION prune_history(cutoff timestamptz)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+SET lock_timeout = '5s'
+AS $prune$
+DECLARE
+  oldest_kept timestamptz :=
+    least(cutoff, now() - (SELECT r.keep FROM history_retention r));
+  part text;
+  dropped integer := 0;
+  through timestamptz;
+  ids bigint[];
+  weeks timestamptz[];
+  ups numeric[];
+  downs numeric[];
+  hours bigint[];
+BEGIN
+  IF cutoff IS NULL OR NOT isfinite(cutoff) THEN
+    RAISE EXCEPTION 'prune_history: cutoff must be a finite time (got %)',
+                    coalesce(cutoff::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'e.g. prune_history(now() - interval ''400 days'')';
+  END IF;
+  -- Also roll_history_day's lock: `through` stays as read. A writer of a
+  -- partition's rows holds it from being detached.
+  PERFORM pg_advisory_xact_lock(7093020349380715893);
+  SELECT s.through INTO through FROM counter_weekly_span s;
+  FOR part IN
+    SELECT p.partition FROM history_partitions p
+     WHERE p.to_hour <= oldest_kept
+     ORDER BY p.to_hour
+  LOOP
+    EXECUTE format('ALTER TABLE counter_hourly DETACH PARTITION %I', part);
+    IF through IS NOT NULL THEN
+      EXECUTE format(
+        'SELECT array_agg(c.counter_id), array_agg(c.week), '
+        '       array_agg(c.uplink), array_agg(c.downlink), '
+        '       array_agg(c.hours) '
+        '  FROM (SELECT h.counter_id, boxmeter_week_of(h.hour) AS week, '
+        '               -sum(h.uplink) AS uplink, '
+        '               -sum(h.downlink) AS downlink, -count(*) AS hours '
+        '          FROM %I h WHERE h.hour < $1 GROUP BY 1, 2) AS c', part)
+        INTO ids, weeks, ups, downs, hours
+        USING through;
+      IF ids IS NOT NULL THEN
+        PERFORM boxmeter_weekly_add(ids, weeks, ups, downs, hours);
+      END IF;
+    END IF;
+    EXECUTE format('DROP TABLE %I', part);
+    dropped := dropped + 1;
+  END LOOP;
+  RETURN dropped;
+END
+$prune$;
+
+-- 0026's top_users: the weeks wholly inside the range and before the
+-- span's `through` come from counter_weekly, the hours around them from
+-- counter_hourly. Same result, row for row.
+CREATE OR REPLACE FUNCTION top_users(from_time timestamptz,
+                                     to_time timestamptz)
+RETURNS TABLE (rank bigint, name text, uplink bigint, downlink bigint,
+               total bigint)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+-- 0019's settings, which CREATE OR REPLACE would otherwise drop.
+SET work_mem = '64MB'
+SET max_parallel_workers_per_gather = 0
+AS $top_users$
+DECLARE
+  -- %1$s: the aggregate, as in 0026. $1, $2: the range; [$3, $4): the
+  -- weeks read from counter_weekly (empty when $3 = $4).
+  query constant text := $query$
+    SELECT rank() OVER (ORDER BY t.total DESC), t.name, t.uplink,
+           t.downlink, t.total
+      FROM (SELECT c.user_name AS name,
+                   LEAST(%1$s(s.uplink), 9223372036854775807)::bigint
+                     AS uplink,
+                   LEAST(%1$s(s.downlink), 9223372036854775807)::bigint
+                     AS downlink,
+                   LEAST(%1$s(s.uplink) + %1$s(s.downlink),
+                         9223372036854775807)::bigint AS total
+              FROM (SELECT r.counter_id,
+                           LEAST(%1$s(r.uplink),
+                                 9223372036854775807)::bigint AS uplink,
+                           LEAST(%1$s(r.downlink),
+                                 9223372036854775807)::bigint AS downlink
+                      FROM (SELECT h.counter_id, h.uplink, h.downlink
+                              FROM counter_hourly h
+                             WHERE h.hour >= $1 AND h.hour < $3
+                            UNION ALL
+                            SELECT w.counter_id, w.uplink, w.downlink
+                              FROM counter_weekly w
+                             WHERE w.week >= $3 AND w.week < $4
+                            UNION ALL
+                            SELECT h.counter_id, h.uplink, h.downlink
+                              FROM counter_hourly h
+                             WHERE h.hour >= $4 AND h.hour < $2) AS r
+                     GROUP BY r.counter_id) AS s
+              JOIN boxmeter_user_counters c ON c.id = s.counter_id
+             GROUP BY c.user_name) AS t
+     ORDER BY t.total DESC, t.name
+  $query$;
+  through timestamptz;
+  weeks_from timestamptz;
+  weeks_to timestamptz;
+BEGIN
+  IF from_time IS NULL OR to_time IS NULL THEN
+    RAISE EXCEPTION 'top_users: from_time and to_time must not be NULL '
+                    '(got % and %)', coalesce(from_time::text, 'NULL'),
+                    coalesce(to_time::text, 'NULL')
+      USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'e.g. top_users(now() - interval ''7 days'', now())';
+  END IF;
+  IF from_time >= to_time THEN
+    RAISE EXCEPTION 'top_users: from_time % is not before to_time %',
+                    from_time, to_time
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'the range is [from_time, to_time); swap them?';
+  END IF;
+  -- A sum that a later snapshot sees grows only in weeks from
+  -- boxmeter_week_of(through) on, which are not read: reading the span in
+  -- a snapshot of its own is safe.
+  SELECT s.through INTO through FROM counter_weekly_span s;
+  weeks_from := boxmeter_week_of(from_time);
+  IF weeks_from < from_time THEN
+    -- In hours: '7 days' is seven calendar days of the session's time
+    -- zone, an hour more or less across a daylight saving change.
+    weeks_from := weeks_from + interval '168 hours';
+  END IF;
+  weeks_to := least(boxmeter_week_of(to_time), boxmeter_week_of(through));
+  IF through IS NULL OR NOT isfinite(from_time) OR NOT isfinite(to_time)
+     OR weeks_from >= weeks_to THEN
+    weeks_from := to_time;
+    weeks_to := to_time;
+  END IF;
+  BEGIN
+    RETURN QUERY EXECUTE format(query, 'boxmeter_bigint_sum')
+      USING from_time, to_time, weeks_from, weeks_to;
+  EXCEPTION WHEN numeric_value_out_of_range THEN
+    RETURN QUERY EXECUTE format(query, 'sum')
+      USING from_time, to_time, weeks_from, weeks_to;
+  END;
+END
+$top_users$;
+
+REVOKE ALL ON counter_weekly, counter_weekly_span FROM PUBLIC;
+GRANT SELECT ON counter_weekly, counter_weekly_span TO boxmeter_operator;
+REVOKE EXECUTE ON FUNCTION boxmeter_week_of(timestamptz),
+                           boxmeter_weekly_add(bigint[], timestamptz[],
+                                               numeric[], numeric[],
+                                               bigint[]),
+                           boxmeter_counter_weekly_sync(),
+                           roll_history_day()
+  FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION roll_history_day() TO boxmeter_collector;
+-- The cookbook's check of the sums against the hours uses it.
+GRANT EXECUTE ON FUNCTION boxmeter_week_of(timestamptz) TO boxmeter_operator;
+
+-- Recorded by the file itself, so that it applies on its own with plain
+-- psql (psql -1 -v ON_ERROR_STOP=1 -f) as well as through the collector's
+-- migration runner, which creates the same table first.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  name text PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (name) VALUES ('0028_weekly_sums.sql')
+ON CONFLICT (name) DO NOTHING;
