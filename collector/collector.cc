@@ -962,6 +962,11 @@ bool Collector::StartPrune() {
               result.partitions_dropped, result.deleted, retention.count(),
               result.done ? "" : "; more are left for the next hour");
         }
+        if (done.pruned.ok() && result.days_summed > 0) {
+          LogInfo("summed {} days of hourly history into weekly sums{}",
+                  result.days_summed,
+                  result.summed ? "" : "; more are left for the next hour");
+        }
         Advance();
       });
   return true;

@@ -731,9 +731,10 @@ Status PgStore::PruneHistory(std::chrono::hours retention,
           "FROM counter_hourly",
           static_cast<int64_t>(retention.count()));
       tx.commit();
-      if (row[0].is_null()) return Status::Ok();  // no history at all
-      from = row[0].as<int64_t>();
-      cutoff = row[1].as<int64_t>();
+      if (!row[0].is_null()) {  // NULL: no history at all
+        from = row[0].as<int64_t>();
+        cutoff = row[1].as<int64_t>();
+      }
     }
     while (from < cutoff) {
       pqxx::work tx(pq);
@@ -749,6 +750,22 @@ Status PgStore::PruneHistory(std::chrono::hours retention,
         break;
       }
     }
+    // Then the weekly sums top_users reads (schema/0028_weekly_sums.sql):
+    // one day per transaction, at least one per call, so that a long
+    // retention backlog does not hold them back.
+    what = "summing hourly history into counter_weekly (roll_history_day)";
+    out->summed = false;
+    do {
+      pqxx::work tx(pq);
+      if (!tx.exec(lock)[0][0].as<bool>()) break;
+      pqxx::row row = tx.exec1("SELECT roll_history_day()");
+      tx.commit();
+      if (row[0].is_null()) {
+        out->summed = true;
+        break;
+      }
+      ++out->days_summed;
+    } while (std::chrono::steady_clock::now() < deadline);
     return Status::Ok();
   } catch (const std::exception& e) {
     return Failed(what, e);

@@ -95,8 +95,10 @@ class PgStore : public Store {
   // database prunes at a time (each transaction takes an advisory lock; a
   // collector that finds it taken returns at once, leaving the rest to the
   // other). Each batch walks the index on hour from where the previous one
-  // stopped. Holds no session state, so it works through a
-  // transaction-pooling pooler, as Migrate does.
+  // stopped. Then sums the days that ended into the weekly sums top_users
+  // reads (roll_history_day, one day per transaction, at least one per
+  // call, more while the budget lasts). Holds no session state, so it works
+  // through a transaction-pooling pooler, as Migrate does.
   Status PruneHistory(std::chrono::hours retention,
                       std::chrono::milliseconds budget,
                       PruneResult* out) override;

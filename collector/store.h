@@ -63,7 +63,9 @@ struct UsageEvent {
 struct PruneResult {
   int64_t deleted = 0;             // hourly rows deleted one by one
   int64_t partitions_dropped = 0;  // whole days of history dropped
-  bool done = true;  // false: the budget ran out before the last old row
+  bool done = true;         // false: the budget ran out before the last old row
+  int64_t days_summed = 0;  // days added to the weekly sums (top_users)
+  bool summed = true;       // false: days are left to sum, or it was locked
 };
 
 class Store {

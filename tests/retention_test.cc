@@ -62,6 +62,30 @@ TEST_F(RetentionTest, DeletesOnlyHistoryOlderThanTheRetention) {
   EXPECT_TRUE(result.done);
 }
 
+// After pruning, the days that ended go into the weekly sums top_users
+// reads (schema/0028_weekly_sums.sql): at least one per call, so that a
+// retention backlog cannot hold them back, more while the budget lasts.
+TEST_F(RetentionTest, SumsTheDaysThatEndedIntoWeeks) {
+  auto& edge = meter("edge-1");
+  for (int days : {-3, -2, 0}) {
+    edge.Commit({{CounterKind::kUser, "alice", 1, 2}}, DayMs(days, 4));
+  }
+  PruneResult result;
+  ASSERT_TRUE(edge.store().PruneHistory(k400Days, 0ms, &result).ok());
+  EXPECT_EQ(result.days_summed, 1);
+  EXPECT_FALSE(result.summed);
+  ASSERT_TRUE(edge.store().PruneHistory(k400Days, 10s, &result).ok());
+  EXPECT_EQ(result.days_summed, 1);  // yesterday has no row: skipped
+  EXPECT_TRUE(result.summed);
+  EXPECT_EQ(Query("SELECT through = date_trunc('day', now(), 'UTC') "
+                  "FROM counter_weekly_span"),
+            "t");
+  EXPECT_EQ(Query("SELECT sum(uplink), sum(hours) FROM counter_weekly"), "2|2");
+  ASSERT_TRUE(edge.store().PruneHistory(k400Days, 10s, &result).ok());
+  EXPECT_EQ(result.days_summed, 0);
+  EXPECT_TRUE(result.summed);
+}
+
 TEST_F(RetentionTest, DeletesInBatchesUntilTheBudgetRunsOut) {
   auto& edge = meter("edge-1");
   edge.Commit({{CounterKind::kUser, "a", 1, 1},
