@@ -28,10 +28,11 @@
 -- through counter_hourly (COOKBOOK.md, "Retention and the size of the
 -- history", says how to check the sums and rebuild them).
 --
--- top_users(from, to) takes the weeks wholly inside [from, to) and before
--- `through` from counter_weekly, and the hours around them from
--- counter_hourly: over 30 days, nine days of hours and three weeks, or
--- two days and four weeks, depending on the weekday.
+-- top_users(from, to) takes from counter_weekly the weeks that start in
+-- [from, to) whose summed hours all lie in it (the week of `through` too,
+-- summed up to `through`, when `to` is later), and the hours around them
+-- from counter_hourly: over the last 30 days, the hours before the first
+-- Monday and today's.
 --
 -- Locking: a trigger reads the span FOR SHARE and roll_history_day takes
 -- it FOR UPDATE before it reads the day. So a writer that saw the old span
@@ -314,9 +315,8 @@ BEGIN
 END
 $prune$;
 
--- 0026's top_users: the weeks wholly inside the range and before the
--- span's `through` come from counter_weekly, the hours around them from
--- counter_hourly. Same result, row for row.
+-- 0026's top_users: the weeks inside the range come from counter_weekly,
+-- the hours around them from counter_hourly. Same result, row for row.
 CREATE OR REPLACE FUNCTION top_users(from_time timestamptz,
                                      to_time timestamptz)
 RETURNS TABLE (rank bigint, name text, uplink bigint, downlink bigint,
@@ -329,8 +329,10 @@ SET work_mem = '64MB'
 SET max_parallel_workers_per_gather = 0
 AS $top_users$
 DECLARE
-  -- %1$s: the aggregate, as in 0026. $1, $2: the range; [$3, $4): the
-  -- weeks read from counter_weekly (empty when $3 = $4).
+  -- %1$s: the aggregate, as in 0026. The hours in [$1, $3) and [$5, $2)
+  -- and the weeks in [$3, $4), which sum the hours in [$3, $5).
+  -- The inner ORDER BY is the outer one: rank() then needs no sort of its
+  -- own (one sort of 50,000 rows less, about 10 ms).
   query constant text := $query$
     SELECT rank() OVER (ORDER BY t.total DESC), t.name, t.uplink,
            t.downlink, t.total
@@ -356,15 +358,17 @@ DECLARE
                             UNION ALL
                             SELECT h.counter_id, h.uplink, h.downlink
                               FROM counter_hourly h
-                             WHERE h.hour >= $4 AND h.hour < $2) AS r
+                             WHERE h.hour >= $5 AND h.hour < $2) AS r
                      GROUP BY r.counter_id) AS s
               JOIN boxmeter_user_counters c ON c.id = s.counter_id
-             GROUP BY c.user_name) AS t
+             GROUP BY c.user_name
+             ORDER BY total DESC, name) AS t
      ORDER BY t.total DESC, t.name
   $query$;
   through timestamptz;
-  weeks_from timestamptz;
-  weeks_to timestamptz;
+  weeks_from timestamptz;  -- $3
+  weeks_to timestamptz;    -- $4
+  hours_from timestamptz;  -- $5
 BEGIN
   IF from_time IS NULL OR to_time IS NULL THEN
     RAISE EXCEPTION 'top_users: from_time and to_time must not be NULL '
@@ -379,28 +383,38 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'the range is [from_time, to_time); swap them?';
   END IF;
-  -- A sum that a later snapshot sees grows only in weeks from
-  -- boxmeter_week_of(through) on, which are not read: reading the span in
-  -- a snapshot of its own is safe.
+  -- Reading the span in a snapshot of its own is safe: a later snapshot
+  -- sees sums grow only for hours from `through` on, which are read from
+  -- counter_hourly here.
   SELECT s.through INTO through FROM counter_weekly_span s;
+  -- The first week that starts in the range. In hours: '7 days' is seven
+  -- calendar days of the session's time zone, an hour more or less across
+  -- a daylight saving change.
   weeks_from := boxmeter_week_of(from_time);
   IF weeks_from < from_time THEN
-    -- In hours: '7 days' is seven calendar days of the session's time
-    -- zone, an hour more or less across a daylight saving change.
     weeks_from := weeks_from + interval '168 hours';
   END IF;
-  weeks_to := least(boxmeter_week_of(to_time), boxmeter_week_of(through));
-  IF through IS NULL OR NOT isfinite(from_time) OR NOT isfinite(to_time)
-     OR weeks_from >= weeks_to THEN
+  IF to_time >= through THEN
+    -- Every week before `through`, the last one summed up to `through`.
+    weeks_to := boxmeter_week_of(through) + interval '168 hours';
+    hours_from := through;
+  ELSE
+    -- The weeks that end in the range.
+    weeks_to := boxmeter_week_of(to_time);
+    hours_from := weeks_to;
+  END IF;
+  IF through IS NULL OR weeks_from >= hours_from THEN
+    -- No week: every hour from counter_hourly.
     weeks_from := to_time;
     weeks_to := to_time;
+    hours_from := to_time;
   END IF;
   BEGIN
     RETURN QUERY EXECUTE format(query, 'boxmeter_bigint_sum')
-      USING from_time, to_time, weeks_from, weeks_to;
+      USING from_time, to_time, weeks_from, weeks_to, hours_from;
   EXCEPTION WHEN numeric_value_out_of_range THEN
     RETURN QUERY EXECUTE format(query, 'sum')
-      USING from_time, to_time, weeks_from, weeks_to;
+      USING from_time, to_time, weeks_from, weeks_to, hours_from;
   END;
 END
 $top_users$;

@@ -88,6 +88,9 @@ class WeeklySumsTest : public SqlTest {
 
 TEST_F(WeeklySumsTest, TopUsersGivesWhatTheHoursSum) {
   CommitHistory();
+  // Traffic in the last hour the sums hold, which a range that ends an hour
+  // before them leaves out.
+  meter("edge-1").Commit({{kUser, "bob", 500, 500}}, DayMs(-1, 23));
   RollAll();
   EXPECT_EQ(Query("SELECT through = date_trunc('day', now(), 'UTC') "
                   "FROM counter_weekly_span"),
@@ -104,6 +107,11 @@ TEST_F(WeeklySumsTest, TopUsersGivesWhatTheHoursSum) {
       {monday + " - interval '35 days 30 minutes'",
        monday + " - interval '6 days 30 minutes'"},
       {"current_date - 3", "now()"},
+      // Up to the span's end, and an hour short of it: the week summed up
+      // to `through` is read only when the range holds all it sums.
+      {"now() - interval '30 days'", "date_trunc('day', now(), 'UTC')"},
+      {"now() - interval '30 days'",
+       "date_trunc('day', now(), 'UTC') - interval '1 hour'"},
       {"'-infinity'", "'infinity'"},
   };
   for (const char* zone : {"UTC", "America/Los_Angeles", "Asia/Kathmandu"}) {
