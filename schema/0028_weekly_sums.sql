@@ -71,31 +71,40 @@ CREATE TABLE counter_weekly_span (
 );
 INSERT INTO counter_weekly_span DEFAULT VALUES;
 
--- Adds signed changes to the weekly sums: one element per (counter, week),
--- `row_counts` the change in hourly rows. A sum is clamped at the bigint range,
+-- A change to the weekly sums: `hours` hourly rows in or out (negative),
+-- all in the week of `at`, with their bytes (negative when out).
+CREATE TYPE counter_weekly_change AS (
+  counter_id bigint,
+  at timestamptz,
+  uplink numeric,
+  downlink numeric,
+  hours bigint
+);
+
+-- Adds `changes` to the weekly sums. A sum is clamped at the bigint range,
 -- as the hourly rows are (9.2 EB in a week: not traffic). A change for a
 -- counter that is gone is dropped (its sums went with it).
-CREATE FUNCTION boxmeter_weekly_add(counter_ids bigint[],
-                                    weeks timestamptz[],
-                                    uplinks numeric[],
-                                    downlinks numeric[],
-                                    row_counts bigint[])
+CREATE FUNCTION boxmeter_weekly_add(changes counter_weekly_change[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
 AS $weekly_add$
+DECLARE
+  -- One change per counter and week.
+  d counter_weekly_change[] := ARRAY(
+    SELECT ROW(c.counter_id, boxmeter_week_of(c.at), sum(c.uplink),
+               sum(c.downlink), sum(c.hours))::counter_weekly_change
+      FROM unnest(changes) AS c
+     GROUP BY c.counter_id, boxmeter_week_of(c.at));
 BEGIN
   INSERT INTO counter_weekly AS w (counter_id, week, uplink, downlink, hours)
-  SELECT d.counter_id, d.week,
-         LEAST(GREATEST(d.uplink, -9223372036854775808),
-               9223372036854775807)::bigint,
-         LEAST(GREATEST(d.downlink, -9223372036854775808),
-               9223372036854775807)::bigint,
-         d.hours
-    FROM unnest(counter_ids, weeks, uplinks, downlinks, row_counts)
-           AS d(counter_id, week, uplink, downlink, hours)
-   WHERE d.hours > 0
-     AND EXISTS (SELECT 1 FROM counters c WHERE c.id = d.counter_id)
+  SELECT c.counter_id, c.at,
+         LEAST(GREATEST(c.uplink, 0), 9223372036854775807)::bigint,
+         LEAST(GREATEST(c.downlink, 0), 9223372036854775807)::bigint,
+         c.hours
+    FROM unnest(d) AS c
+   WHERE c.hours > 0
+     AND EXISTS (SELECT 1 FROM counters k WHERE k.id = c.counter_id)
   ON CONFLICT (counter_id, week) DO UPDATE SET
     uplink = LEAST(w.uplink::numeric + excluded.uplink,
                    9223372036854775807)::bigint,
@@ -105,18 +114,17 @@ BEGIN
   -- Changes that take rows away: the rows left with none go first, so that
   -- the UPDATE below sees only the rows that stay.
   DELETE FROM counter_weekly w
-   USING unnest(counter_ids, weeks, row_counts) AS d(counter_id, week, hours)
-   WHERE d.hours < 0 AND w.counter_id = d.counter_id AND w.week = d.week
-     AND w.hours + d.hours <= 0;
+   USING unnest(d) AS c
+   WHERE c.hours < 0 AND w.counter_id = c.counter_id AND w.week = c.at
+     AND w.hours + c.hours <= 0;
   UPDATE counter_weekly w
-     SET uplink = LEAST(GREATEST(w.uplink::numeric + d.uplink, 0),
+     SET uplink = LEAST(GREATEST(w.uplink::numeric + c.uplink, 0),
                         9223372036854775807)::bigint,
-         downlink = LEAST(GREATEST(w.downlink::numeric + d.downlink, 0),
+         downlink = LEAST(GREATEST(w.downlink::numeric + c.downlink, 0),
                           9223372036854775807)::bigint,
-         hours = w.hours + d.hours
-    FROM unnest(counter_ids, weeks, uplinks, downlinks, row_counts)
-           AS d(counter_id, week, uplink, downlink, hours)
-   WHERE d.hours <= 0 AND w.counter_id = d.counter_id AND w.week = d.week;
+         hours = w.hours + c.hours
+    FROM unnest(d) AS c
+   WHERE c.hours <= 0 AND w.counter_id = c.counter_id AND w.week = c.at;
 END
 $weekly_add$;
 
@@ -133,56 +141,28 @@ SET search_path FROM CURRENT
 AS $sync$
 DECLARE
   through timestamptz;
-  ids bigint[];
-  weeks timestamptz[];
-  ups numeric[];
-  downs numeric[];
-  hours bigint[];
+  changes counter_weekly_change[] := '{}';
 BEGIN
   SELECT s.through INTO through FROM counter_weekly_span s FOR SHARE;
   IF through IS NULL THEN
     RETURN NULL;
   END IF;
-  IF TG_OP = 'INSERT' THEN
-    SELECT array_agg(c.counter_id), array_agg(c.week), array_agg(c.uplink),
-           array_agg(c.downlink), array_agg(c.hours)
-      INTO ids, weeks, ups, downs, hours
-      FROM (SELECT n.counter_id, boxmeter_week_of(n.hour) AS week,
-                   sum(n.uplink) AS uplink, sum(n.downlink) AS downlink,
-                   count(*) AS hours
-              FROM new_rows n
-             WHERE n.hour < through
-             GROUP BY 1, 2) AS c;
-  ELSIF TG_OP = 'DELETE' THEN
-    SELECT array_agg(c.counter_id), array_agg(c.week), array_agg(c.uplink),
-           array_agg(c.downlink), array_agg(c.hours)
-      INTO ids, weeks, ups, downs, hours
-      FROM (SELECT o.counter_id, boxmeter_week_of(o.hour) AS week,
-                   -sum(o.uplink) AS uplink, -sum(o.downlink) AS downlink,
-                   -count(*) AS hours
-              FROM old_rows o
-             WHERE o.hour < through
-             GROUP BY 1, 2) AS c;
-  ELSE
-    SELECT array_agg(c.counter_id), array_agg(c.week), array_agg(c.uplink),
-           array_agg(c.downlink), array_agg(c.hours)
-      INTO ids, weeks, ups, downs, hours
-      FROM (SELECT r.counter_id, boxmeter_week_of(r.hour) AS week,
-                   sum(r.uplink) AS uplink, sum(r.downlink) AS downlink,
-                   sum(r.n) AS hours
-              FROM (SELECT n.counter_id, n.hour, n.uplink::numeric AS uplink,
-                           n.downlink::numeric AS downlink, 1 AS n
-                      FROM new_rows n
-                     WHERE n.hour < through
-                    UNION ALL
-                    SELECT o.counter_id, o.hour, -o.uplink::numeric,
-                           -o.downlink::numeric, -1
-                      FROM old_rows o
-                     WHERE o.hour < through) AS r
-             GROUP BY 1, 2) AS c;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    changes := changes || ARRAY(
+      SELECT ROW(n.counter_id, n.hour, n.uplink, n.downlink,
+                 1)::counter_weekly_change
+        FROM new_rows n
+       WHERE n.hour < through);
   END IF;
-  IF ids IS NOT NULL THEN
-    PERFORM boxmeter_weekly_add(ids, weeks, ups, downs, hours);
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    changes := changes || ARRAY(
+      SELECT ROW(o.counter_id, o.hour, -o.uplink::numeric,
+                 -o.downlink::numeric, -1)::counter_weekly_change
+        FROM old_rows o
+       WHERE o.hour < through);
+  END IF;
+  IF cardinality(changes) > 0 THEN
+    PERFORM boxmeter_weekly_add(changes);
   END IF;
   RETURN NULL;
 END
@@ -214,11 +194,6 @@ SET lock_timeout = '5s'
 AS $roll_day$
 DECLARE
   day timestamptz;
-  ids bigint[];
-  weeks timestamptz[];
-  ups numeric[];
-  downs numeric[];
-  hours bigint[];
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RAISE EXCEPTION 'roll_history_day: needs READ COMMITTED (the '
@@ -240,17 +215,12 @@ BEGIN
     UPDATE counter_weekly_span SET through = day;
     RETURN NULL;
   END IF;
-  SELECT array_agg(c.counter_id), array_agg(boxmeter_week_of(day)),
-         array_agg(c.uplink), array_agg(c.downlink), array_agg(c.hours)
-    INTO ids, weeks, ups, downs, hours
-    FROM (SELECT h.counter_id, sum(h.uplink) AS uplink,
-                 sum(h.downlink) AS downlink, count(*) AS hours
-            FROM counter_hourly h
-           WHERE h.hour >= day AND h.hour < day + interval '24 hours'
-           GROUP BY h.counter_id) AS c;
-  IF ids IS NOT NULL THEN
-    PERFORM boxmeter_weekly_add(ids, weeks, ups, downs, hours);
-  END IF;
+  PERFORM boxmeter_weekly_add(ARRAY(
+    SELECT ROW(h.counter_id, day, sum(h.uplink), sum(h.downlink),
+               count(*))::counter_weekly_change
+      FROM counter_hourly h
+     WHERE h.hour >= day AND h.hour < day + interval '24 hours'
+     GROUP BY h.counter_id));
   UPDATE counter_weekly_span SET through = day + interval '24 hours';
   RETURN day;
 END
@@ -271,11 +241,7 @@ DECLARE
   part text;
   dropped integer := 0;
   through timestamptz;
-  ids bigint[];
-  weeks timestamptz[];
-  ups numeric[];
-  downs numeric[];
-  hours bigint[];
+  changes counter_weekly_change[];
 BEGIN
   IF cutoff IS NULL OR NOT isfinite(cutoff) THEN
     RAISE EXCEPTION 'prune_history: cutoff must be a finite time (got %)',
@@ -295,18 +261,15 @@ BEGIN
     EXECUTE format('ALTER TABLE counter_hourly DETACH PARTITION %I', part);
     IF through IS NOT NULL THEN
       EXECUTE format(
-        'SELECT array_agg(c.counter_id), array_agg(c.week), '
-        '       array_agg(c.uplink), array_agg(c.downlink), '
-        '       array_agg(c.hours) '
-        '  FROM (SELECT h.counter_id, boxmeter_week_of(h.hour) AS week, '
-        '               -sum(h.uplink) AS uplink, '
-        '               -sum(h.downlink) AS downlink, -count(*) AS hours '
-        '          FROM %I h WHERE h.hour < $1 GROUP BY 1, 2) AS c', part)
-        INTO ids, weeks, ups, downs, hours
+        'SELECT ARRAY(SELECT ROW(h.counter_id, boxmeter_week_of(h.hour), '
+        '                        -sum(h.uplink), -sum(h.downlink), '
+        '                        -count(*))::counter_weekly_change '
+        '               FROM %I h WHERE h.hour < $1 '
+        '              GROUP BY h.counter_id, boxmeter_week_of(h.hour))',
+        part)
+        INTO changes
         USING through;
-      IF ids IS NOT NULL THEN
-        PERFORM boxmeter_weekly_add(ids, weeks, ups, downs, hours);
-      END IF;
+      PERFORM boxmeter_weekly_add(changes);
     END IF;
     EXECUTE format('DROP TABLE %I', part);
     dropped := dropped + 1;
@@ -422,9 +385,7 @@ $top_users$;
 REVOKE ALL ON counter_weekly, counter_weekly_span FROM PUBLIC;
 GRANT SELECT ON counter_weekly, counter_weekly_span TO boxmeter_operator;
 REVOKE EXECUTE ON FUNCTION boxmeter_week_of(timestamptz),
-                           boxmeter_weekly_add(bigint[], timestamptz[],
-                                               numeric[], numeric[],
-                                               bigint[]),
+                           boxmeter_weekly_add(counter_weekly_change[]),
                            boxmeter_counter_weekly_sync(),
                            roll_history_day()
   FROM PUBLIC;

@@ -54,9 +54,7 @@ class HistoryPartitionsTest : public SqlTest {
   void SetUp() override {
     SqlTest::SetUp();
     if (HasFatalFailure()) return;
-    meter_role_ = "meter_" + database();
-    Query("CREATE ROLE " + meter_role_ + " LOGIN IN ROLE boxmeter_collector; " +
-          "SELECT grant_node('edge-1', '" + meter_role_ + "')");
+    meter_role_ = CollectorLogin("edge-1");
   }
 
   // A database of this server migrated up to 0017 but without 0016,

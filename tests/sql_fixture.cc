@@ -144,6 +144,16 @@ Meter& SqlTest::meter(const std::string& node) {
   return *meter;
 }
 
+std::string SqlTest::CollectorLogin(const std::string& node) {
+  std::string role = "meter_" + database();
+  if (Query("SELECT count(*) FROM pg_roles WHERE rolname = '" + role + "'") ==
+      "0") {
+    Query("CREATE ROLE " + role + " LOGIN IN ROLE boxmeter_collector");
+  }
+  Query("SELECT grant_node('" + node + "', '" + role + "')");
+  return role;
+}
+
 int64_t SqlTest::DayMs(int days, int hours) {
   using std::chrono::duration_cast;
   using std::chrono::milliseconds;

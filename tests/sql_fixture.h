@@ -81,6 +81,11 @@ class SqlTest : public PgDatabaseTest {
   // A collector of `node` on this database (created on first use).
   Meter& meter(const std::string& node);
 
+  // A login role in boxmeter_collector, granted `node` (grant_node); named
+  // after this test's database, as roles belong to the whole server, and
+  // created on first use. Returns its name.
+  std::string CollectorLogin(const std::string& node);
+
   // Milliseconds since the epoch of today's UTC midnight plus `days` days
   // and `hours` hours.
   static int64_t DayMs(int days, int hours = 0);

@@ -38,14 +38,6 @@ std::string HourlyTopUsers(const std::string& from, const std::string& to) {
 
 class WeeklySumsTest : public SqlTest {
  protected:
-  void SetUp() override {
-    SqlTest::SetUp();
-    if (HasFatalFailure()) return;
-    meter_role_ = "meter_" + database();
-    Query("CREATE ROLE " + meter_role_ + " LOGIN IN ROLE boxmeter_collector; " +
-          "SELECT grant_node('edge-1', '" + meter_role_ + "')");
-  }
-
   // Six weeks of history for three users on two nodes: a commit every
   // third day at two hours, different traffic each time.
   void CommitHistory() {
@@ -82,8 +74,6 @@ class WeeklySumsTest : public SqlTest {
         "WHERE (w.uplink, w.downlink, w.hours) IS DISTINCT FROM "
         "(h.uplink, h.downlink, h.hours) ORDER BY 1");
   }
-
-  std::string meter_role_;
 };
 
 TEST_F(WeeklySumsTest, TopUsersGivesWhatTheHoursSum) {
@@ -155,7 +145,7 @@ TEST_F(WeeklySumsTest, EveryChangeToSummedHoursReachesTheSums) {
   Query("SELECT ensure_history_partitions(7)");
   Query("UPDATE history_retention SET keep = '1 hour'");
   // The collector's login may roll; a reader may not.
-  EXPECT_NE(Query("SELECT roll_history_day()", meter_role_), "");
+  EXPECT_NE(Query("SELECT roll_history_day()", CollectorLogin("edge-1")), "");
   std::string grafana = "grafana_" + database();
   Query("CREATE ROLE " + grafana + " LOGIN IN ROLE boxmeter_readonly");
   EXPECT_EQ(Error("SELECT roll_history_day()", grafana).sqlstate, "42501");
