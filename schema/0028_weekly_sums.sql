@@ -90,7 +90,7 @@ LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
 AS $weekly_add$
 DECLARE
-  -- One change per counter and week.
+  -- One change per counter and week, `at` the week's Monday.
   d counter_weekly_change[] := ARRAY(
     SELECT ROW(c.counter_id, boxmeter_week_of(c.at), sum(c.uplink),
                sum(c.downlink), sum(c.hours))::counter_weekly_change
