@@ -65,7 +65,8 @@ struct PruneResult {
   int64_t partitions_dropped = 0;  // whole days of history dropped
   bool done = true;         // false: the budget ran out before the last old row
   int64_t days_summed = 0;  // days added to the weekly sums (top_users)
-  bool summed = true;       // false: days are left to sum, or it was locked
+  bool summed = true;       // false: stopped (budget, another collector's lock)
+                            // before the last day that ended was summed
 };
 
 class Store {
