@@ -205,6 +205,24 @@ TEST_F(WeeklySumsTest, EveryChangeToSummedHoursReachesTheSums) {
   }
 }
 
+// The span never moves back: the sums already hold the hours before it. A
+// database clock stepped back after a roll (here: a span a day ahead of
+// today) leaves it where it is, and later rows before it still count.
+TEST_F(WeeklySumsTest, TheSpanNeverMovesBackWhenTheClockDoes) {
+  meter("edge-1").Commit({{kUser, "alice", 1, 1}}, DayMs(-3, 1));
+  RollAll();
+  Query(
+      "UPDATE counter_weekly_span SET through = "
+      "date_trunc('day', now(), 'UTC') + interval '1 day'");
+  EXPECT_EQ(Query("SELECT roll_history_day()"), "");
+  EXPECT_EQ(Query("SELECT through = date_trunc('day', now(), 'UTC') + "
+                  "interval '1 day' FROM counter_weekly_span"),
+            "t");
+  meter("edge-1").Commit({{kUser, "alice", 5, 5}}, DayMs(0, 1));
+  EXPECT_EQ(Drift(), "");
+  EXPECT_EQ(Query("SELECT sum(uplink) FROM counter_weekly"), "6");
+}
+
 // A writer whose trigger saw the old span holds it FOR SHARE until it
 // commits; a roll waits for it, then sums the writer's rows with the day.
 TEST_F(WeeklySumsTest, ARollWaitsForAWriterThatSawTheOldSpan) {
